@@ -1,0 +1,187 @@
+"""The run configuration: one table of options shared by fl-server, fl-sim and the Flower app.
+
+Flower passes the run configuration to both apps as a flat dict (`context.run_config`) whose
+keys and defaults live in pyproject.toml under [tool.flwr.app.config]. This module is the one
+place that knows each key's type, range and meaning: the CLIs build their options from it and
+both apps validate what they receive with it, so a typo fails on the coordinator's terminal
+rather than in a subprocess at every site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedSiloError
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # run-config key, also the CLI flag (--key)
+    type: type
+    default: Any
+    help: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("run-dir", str, "", "Directory for the run's outputs (models, reports, metrics)."),
+    Option("model", str, "", "Base model: a Hugging Face name or local path; empty = the embedded "
+           "all-MiniLM-L6-v2 (works offline)."),
+    Option("labels", str, "", "Comma-separated label set, in the order of the class ids; every "
+           "site maps its labels with it."),
+    Option("rounds", int, 3, "Number of federated rounds.", minimum=1, maximum=10_000),
+    Option("min-sites", int, 2, "Sites that must be connected before a round starts, and the "
+           "least that must answer for it to count.", minimum=1, maximum=100_000),
+    Option("local-epochs", int, 1, "Passes over the site's training split per round.",
+           minimum=1, maximum=1000),
+    Option("batch-size", int, 16, "Local training batch size.", minimum=1, maximum=65_536),
+    Option("learning-rate", float, 0.0, "Local AdamW learning rate; 0 = the default for the "
+           "trainable set (2e-3 for LoRA, 5e-5 for full fine-tuning).", minimum=0.0, maximum=1.0),
+    Option("max-length", int, 128, "Texts are truncated to this many tokens (batches are padded "
+           "only to their own longest text).", minimum=8, maximum=8192),
+    Option("trainable", str, "lora", "What trains and travels: 'lora' (LoRA adapters + "
+           "classification head) or 'full' (every weight).", choices=("lora", "full")),
+    Option("lora-r", int, 8, "LoRA rank.", minimum=1, maximum=1024),
+    Option("lora-targets", str, "query,value", "Comma-separated module names that get LoRA "
+           "adapters (BERT attention projections)."),
+    Option("eval-fraction", float, 0.2, "Share of each site's records held out for federated "
+           "evaluation (split at the site with the seed).", minimum=0.0, maximum=0.9),
+    Option("seed", int, 42, "Seed for the train/eval split, initial weights and shuffling.",
+           minimum=0, maximum=2**31 - 1),
+    Option("text-column", str, "text", "Name of the text column in the site's data file."),
+    Option("label-column", str, "label", "Name of the label column in the site's data file."),
+    Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
+    Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
+           choices=("iid", "dirichlet")),
+    Option("dirichlet-alpha", float, 0.5, "Simulation only: Dirichlet concentration (smaller = "
+           "more skewed sites).", minimum=1e-3, maximum=1e6),
+)
+OPTIONS_BY_KEY = {opt.key: opt for opt in RUN_OPTIONS}
+
+DEFAULT_LR = {"lora": 2e-3, "full": 5e-5}
+
+
+def _attr(key: str) -> str:
+    return key.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = ""
+    model: str = ""
+    labels: tuple[str, ...] = field(default_factory=tuple)
+    rounds: int = 3
+    min_sites: int = 2
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.0
+    max_length: int = 128
+    trainable: str = "lora"
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("query", "value")
+    eval_fraction: float = 0.2
+    seed: int = 42
+    text_column: str = "text"
+    label_column: str = "label"
+    sim_data: str = ""
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or DEFAULT_LR[self.trainable]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        """Validate a flat run-config dict (Flower's or a CLI's); unknown keys are errors."""
+        unknown = sorted(set(raw) - set(OPTIONS_BY_KEY))
+        if unknown:
+            raise FedSiloError(f"unknown run option(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for opt in RUN_OPTIONS:
+            values[_attr(opt.key)] = _check(opt, raw.get(opt.key, opt.default))
+        values["labels"] = split_list(values["labels"])
+        values["lora_targets"] = split_list(values["lora_targets"])
+        if len(set(values["labels"])) != len(values["labels"]):
+            raise FedSiloError("labels: the label set has duplicates")
+        if not values["lora_targets"]:
+            raise FedSiloError("lora-targets: give at least one module name")
+        return cls(**values)
+
+    def require_labels(self) -> None:
+        if len(self.labels) < 2:
+            raise FedSiloError("labels: give at least two labels, e.g. --labels negative,positive")
+
+    def to_flat(self) -> dict[str, Any]:
+        """The flat run-config dict, as Flower carries it."""
+        flat = {}
+        for opt in RUN_OPTIONS:
+            value = getattr(self, _attr(opt.key))
+            flat[opt.key] = ",".join(value) if isinstance(value, tuple) else value
+        return flat
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(), indent=2, sort_keys=True)
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _check(opt: Option, value: Any) -> Any:
+    if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, opt.type) or isinstance(value, bool) and opt.type is not bool:
+        raise FedSiloError(f"{opt.key}: expected {opt.type.__name__}, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise FedSiloError(f"{opt.key}: must be one of {', '.join(opt.choices)}, got {value!r}")
+    if opt.minimum is not None and value < opt.minimum:
+        raise FedSiloError(f"{opt.key}: must be >= {opt.minimum}, got {value}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise FedSiloError(f"{opt.key}: must be <= {opt.maximum}, got {value}")
+    return value
+
+
+def add_run_options(parser: argparse.ArgumentParser, keys: list[str] | None = None) -> None:
+    """Add --KEY options for the given run-config keys (all by default)."""
+    group = parser.add_argument_group("run configuration (same names in fl-server, fl-sim and "
+                                      "pyproject.toml [tool.flwr.app.config])")
+    for opt in RUN_OPTIONS:
+        if keys is not None and opt.key not in keys:
+            continue
+        default = opt.default if opt.default != "" else "(none)"
+        group.add_argument(f"--{opt.key}", dest=_attr(opt.key), type=opt.type, default=None,
+                           metavar=opt.type.__name__.upper(), choices=opt.choices or None,
+                           help=f"{opt.help} [default: {default}]")
+
+
+def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
+    """Defaults, then the options the user gave, then the caller's overrides; validated."""
+    raw = {opt.key: opt.default for opt in RUN_OPTIONS}
+    for opt in RUN_OPTIONS:
+        value = getattr(args, _attr(opt.key), None)
+        if value is not None:
+            raw[opt.key] = value
+    raw.update(overrides)
+    return RunConfig.from_dict(raw)
+
+
+def write_run_config_toml(cfg: RunConfig, path: Path) -> Path:
+    """A TOML file of every key, for `flwr run --run-config FILE` (no shell quoting games)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in cfg.to_flat().items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def resolved(cfg: RunConfig) -> dict[str, Any]:
+    """The config as written into the run directory (learning rate resolved)."""
+    out = dataclasses.asdict(cfg)
+    out["learning_rate"] = cfg.lr
+    return out

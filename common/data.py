@@ -1,0 +1,164 @@
+"""A site's local data: read a CSV / TSV / JSONL file, map labels, split, partition.
+
+Everything here runs at the site; raw text never leaves this module's callers except as
+tokens fed to the local model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import FedSiloError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class Records:
+    texts: list[str]
+    labels: list[str]  # label names as written in the file
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> "Records":
+        return Records([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+def read_records(path: str | Path, text_column: str = "text", label_column: str = "label") -> Records:
+    """Read a labelled text file; every problem is one FedSiloError naming the file (and line)."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise FedSiloError(f"{path}: unsupported data format {path.suffix!r} "
+                           f"(use {', '.join(sorted(FORMATS))})")
+    if not path.is_file():
+        raise FedSiloError(f"{path}: data file not found")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise FedSiloError(f"{path}: cannot read data file ({err.strerror})") from None
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise FedSiloError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); "
+                           "re-encode the file as UTF-8") from None
+    if not content.strip():
+        raise FedSiloError(f"{path}: data file is empty")
+    rows = _parse_jsonl(path, content) if fmt == "jsonl" else _parse_delimited(path, content, fmt)
+    texts, labels = [], []
+    for line_no, row in rows:
+        for column in (text_column, label_column):
+            if column not in row:
+                raise FedSiloError(f"{path}:{line_no}: missing column {column!r} "
+                                   f"(found: {', '.join(map(str, row)) or 'none'})")
+        text, label = row[text_column], row[label_column]
+        if not isinstance(text, str) or not text.strip():
+            raise FedSiloError(f"{path}:{line_no}: empty or non-text value in column {text_column!r}")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or str(label).strip() == "":
+            raise FedSiloError(f"{path}:{line_no}: empty or invalid label in column {label_column!r}")
+        texts.append(text)
+        labels.append(str(label).strip())
+    if not texts:
+        raise FedSiloError(f"{path}: no records (only a header?)")
+    return Records(texts, labels)
+
+
+def _parse_delimited(path: Path, content: str, fmt: str):
+    # TSV files in the wild (and in shared/data) are unquoted: a leading '"' is text, not quoting.
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(content.splitlines(), delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
+    try:
+        header = next(reader)
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header):
+            raise FedSiloError(f"{path}:1: duplicated column names in header {header}")
+        rows = []
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue  # blank line
+            if len(fields) != len(header):
+                raise FedSiloError(f"{path}:{line_no}: expected {len(header)} fields "
+                                   f"({fmt.upper()}), found {len(fields)}")
+            rows.append((line_no, dict(zip(header, fields))))
+    except csv.Error as err:
+        raise FedSiloError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({err})") from None
+    return rows
+
+
+def _parse_jsonl(path: Path, content: str):
+    rows = []
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FedSiloError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise FedSiloError(f"{path}:{line_no}: expected a JSON object per line")
+        rows.append((line_no, obj))
+    return rows
+
+
+def encode_labels(records: Records, label_set: tuple[str, ...], source: str = "data") -> np.ndarray:
+    """Class ids in the order of the run's label set; a label outside it is an error."""
+    index = {name: i for i, name in enumerate(label_set)}
+    unknown = sorted({lab for lab in records.labels if lab not in index})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise FedSiloError(f"{source}: label(s) {shown} not in the run's label set "
+                           f"({', '.join(label_set)})")
+    return np.array([index[lab] for lab in records.labels], dtype=np.int64)
+
+
+def label_set_of(records: Records) -> tuple[str, ...]:
+    """The sorted distinct labels of a file (fl-sim derives the label set this way)."""
+    return tuple(sorted(set(records.labels)))
+
+
+def split_train_eval(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of record indices; the eval split is empty only if eval_fraction is 0."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_eval = int(round(n * eval_fraction))
+    if eval_fraction > 0:
+        n_eval = min(max(n_eval, 1), n - 1)
+    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
+
+
+def partition(labels: np.ndarray, num_parts: int, scheme: str, alpha: float, seed: int) -> list[np.ndarray]:
+    """Split indices over virtual sites: 'iid' (shuffled equal shares) or 'dirichlet' label skew.
+
+    Dirichlet follows the usual recipe (each class's records are divided over the sites in
+    proportions drawn from Dir(alpha)); resampled until every site holds at least 2 records.
+    """
+    n = len(labels)
+    if num_parts < 1 or num_parts > n:
+        raise FedSiloError(f"cannot split {n} records over {num_parts} sites")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        return [np.sort(p) for p in np.array_split(rng.permutation(n), num_parts)]
+    if scheme != "dirichlet":
+        raise FedSiloError(f"partition: unknown scheme {scheme!r}")
+    min_size = min(2, n // num_parts)
+    for _ in range(1000):
+        parts: list[list[int]] = [[] for _ in range(num_parts)]
+        for cls in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            shares = rng.dirichlet(np.full(num_parts, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for site, chunk in enumerate(np.split(idx, cuts)):
+                parts[site].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise FedSiloError(f"dirichlet-alpha={alpha}: could not give each of {num_parts} sites "
+                       f"{min_size} records; use fewer sites or a larger alpha")

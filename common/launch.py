@@ -1,0 +1,146 @@
+"""Starting and stopping Flower's own processes (SuperLink, SuperNode, `flwr run`).
+
+Flower has no public Python API to start them, so FedSilo runs its console scripts with the
+environment they need on an air-gapped machine, and always stops what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.errors import FedSiloError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    # SuperLink/SuperNode start `flower-superexec` etc. by bare name.
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # see common/model.py
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def flower_script(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FedSiloError(f"{name} not found next to {sys.executable}; is flwr installed?")
+    return str(path)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise FedSiloError(f"invalid address {address!r}: use HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def require_loopback(host: str, what: str) -> None:
+    if host not in LOOPBACK and not host.startswith("127."):
+        raise FedSiloError(f"{what}: plaintext is allowed on 127.0.0.1 only, not {host!r}")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_port_free(host: str, port: int) -> None:
+    if not port_free(host, port):
+        raise FedSiloError(f"port {port} on {host} is already in use (another fl-server? "
+                           "pick one with --port)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float, what: str,
+                  log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            hint = f"; see {log_path}" if log_path else ""
+            raise FedSiloError(f"{what} exited with code {proc.returncode} during start-up{hint}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FedSiloError(f"{what} did not open {host}:{port} within {timeout:.0f}s")
+
+
+def spawn(cmd: list[str], env: dict, log_path: Path | None = None) -> subprocess.Popen:
+    """Start a child in its own process group (so stopping it stops its children too)."""
+    out = open(log_path, "ab") if log_path else None
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=out or None, stderr=subprocess.STDOUT if out else None,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        if out:
+            out.close()
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left after `grace` seconds."""
+    if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _group_alive(proc.pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_flwr_home(flwr_home: Path, address: str, insecure: bool, root_cert: str | None = None) -> None:
+    """`flwr run` reads its SuperLink connection from $FLWR_HOME/config.toml."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ['[superlink]', 'default = "fedsilo"', "", "[superlink.fedsilo]", f'address = "{address}"']
+    lines.append(f"insecure = {'true' if insecure else 'false'}")
+    if root_cert:
+        lines.append(f'root-certificates = "{root_cert}"')
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def app_dir() -> Path:
+    """The Flower app bundle: the project folder holding pyproject.toml and the three packages."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file() or not (root / "server" / "app.py").is_file():
+        raise FedSiloError(f"the FedSilo app folder (pyproject.toml + server/ client/ common/) was not "
+                           f"found at {root}; install FedSilo from its source tree (pip install -e .)")
+    return root

@@ -1,0 +1,84 @@
+"""fl-predict: classify texts with a run's final model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import FedSiloError, cli_entry
+
+DESCRIPTION = """Classify texts with the final global model of a FedSilo run directory.
+Prints one JSON object per text: the predicted label and its probability."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fl-predict", description=DESCRIPTION)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by fl-server or fl-sim")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--file", metavar="FILE", help="a file with one text per line ('-' = stdin)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="truncate texts to this many tokens [default: the run's max-length]")
+    return p
+
+
+def load_final_model(run_dir: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from common.model import quiet_transformers
+
+    quiet_transformers()
+    model_dir = run_dir / "final-model"
+    if not (model_dir / "config.json").is_file():
+        raise FedSiloError(f"{run_dir}: no final model (final-model/ is missing; did the run finish?)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise FedSiloError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0][:160]})") from None
+    return tokenizer, model.eval()
+
+
+def predict(tokenizer, model, texts: list[str], max_length: int) -> list[dict]:
+    import torch
+
+    from common.batching import Encoded, collate, encode, length_sorted_batches
+
+    enc: Encoded = encode(tokenizer, texts, max_length)
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.no_grad():
+        for idx in length_sorted_batches(enc, 64):
+            probs[idx] = torch.softmax(model(**collate(enc, idx, tokenizer.pad_token_id or 0)).logits, -1).numpy()
+    labels = model.config.id2label
+    return [{"text": t, "label": labels[int(p.argmax())], "probability": round(float(p.max()), 4)}
+            for t, p in zip(texts, probs)]
+
+
+@cli_entry("fl-predict")
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FedSiloError(f"{run_dir}: not a run directory")
+    if args.text:
+        texts = args.text
+    else:
+        try:
+            raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise FedSiloError(f"{args.file}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+        texts = [line for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise FedSiloError("nothing to classify")
+    max_length = args.max_length
+    if max_length is None:
+        config = run_dir / "config.json"
+        max_length = json.loads(config.read_text())["max_length"] if config.is_file() else 128
+    tokenizer, model = load_final_model(run_dir)
+    for row in predict(tokenizer, model, texts, max_length):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0

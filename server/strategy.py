@@ -1,0 +1,133 @@
+"""FedSilo's strategy: FedAvg over the sites' deltas, with every round written down.
+
+Sites send `new - old` of the trainable tensors. FedAvg's weighted average of those deltas
+(or, under secure aggregation, the one already-summed result) is added to the global model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from flwr.common import (
+    EvaluateRes,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.logger import log
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+from logging import INFO, WARNING
+
+from common.config import RunConfig
+from server.report import report_dict
+from server.run_dir import RunDir
+
+
+def _failure_text(failure) -> str:
+    if isinstance(failure, BaseException):
+        return str(failure) or type(failure).__name__
+    _proxy, res = failure
+    return res.status.message
+
+
+class FedSiloStrategy(FedAvg):
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray]):
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=cfg.min_sites,
+            min_evaluate_clients=cfg.min_sites,
+            min_available_clients=cfg.min_sites,
+            initial_parameters=ndarrays_to_parameters(initial),
+            on_fit_config_fn=lambda rnd: {"server-round": rnd},
+            on_evaluate_config_fn=lambda rnd: {"server-round": rnd},
+        )
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.global_weights = [w.copy() for w in initial]
+        self.completed_rounds: list[int] = []
+        self.failed_rounds: dict[int, str] = {}
+        self.round_record: dict = {}
+        self._round_start = time.monotonic()
+
+    # ------------------------------------------------------------------ training
+    def configure_fit(self, server_round, parameters, client_manager):
+        self._round_start = time.monotonic()
+        self.round_record = {"round": server_round}
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures) -> tuple[Parameters | None, dict[str, Scalar]]:
+        sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res in results}
+        self.round_record["fit"] = {
+            name: {"examples": res.num_examples,
+                   **{k: v for k, v in res.metrics.items() if k != "site"}}
+            for name, res in sites.items()
+        }
+        self.round_record["fit_failures"] = [_failure_text(f) for f in failures]
+        for text in self.round_record["fit_failures"]:
+            log(WARNING, "round %d: a site failed: %s", server_round, text)
+        if len(results) < self.cfg.min_sites:
+            reason = f"{len(results)} site(s) answered, {self.cfg.min_sites} needed"
+            self.failed_rounds[server_round] = reason
+            log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, reason)
+            return None, {}
+        mean_delta, _ = super().aggregate_fit(server_round, results, failures)
+        deltas = parameters_to_ndarrays(mean_delta)
+        self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, deltas)]
+        self.run_dir.save_round_weights(server_round, self.global_weights)
+        self.completed_rounds.append(server_round)
+        return ndarrays_to_parameters(self.global_weights), {}
+
+    # ---------------------------------------------------------------- evaluation
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures) -> tuple[float | None, dict[str, Scalar]]:
+        k = len(self.cfg.labels)
+        total = np.zeros((k, k), dtype=np.int64)
+        per_site: dict[str, np.ndarray] = {}
+        for proxy, res in results:
+            if "confusion" not in res.metrics:
+                continue
+            confusion = np.asarray(json.loads(str(res.metrics["confusion"])), dtype=np.int64)
+            if confusion.shape != (k, k) or (confusion < 0).any():
+                log(WARNING, "round %d: ignoring a malformed evaluation report", server_round)
+                continue
+            per_site[str(res.metrics.get("site", proxy.node_id))] = confusion
+            total += confusion
+        overall = report_dict(total, self.cfg.labels)
+        sites = {name: report_dict(c, self.cfg.labels) for name, c in sorted(per_site.items())}
+        record = self.round_record if self.round_record.get("round") == server_round else {"round": server_round}
+        record.update({
+            "accuracy": overall["accuracy"],
+            "macro_f1": overall["macro avg"]["f1-score"],
+            "eval_examples": int(total.sum()),
+            "site_accuracy": {name: rep["accuracy"] for name, rep in sites.items()},
+            "eval_failures": [_failure_text(f) for f in failures],
+            "seconds": round(time.monotonic() - self._round_start, 2),
+            "status": "failed" if server_round in self.failed_rounds else "ok",
+        })
+        self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
+        log(INFO, "%s", round_line(record, self.cfg.rounds))
+        loss = (sum(r.loss * r.num_examples for _, r in results) / max(1, sum(r.num_examples for _, r in results))
+                if results else None)
+        return loss, {"accuracy": overall["accuracy"]}
+
+
+def round_line(record: dict, rounds: int) -> str:
+    """The one line per round the coordinator sees."""
+    parts = [f"round {record['round']}/{rounds}"]
+    if record.get("status") == "failed":
+        parts.append("FAILED (model unchanged)")
+    parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
+    if record.get("site_accuracy"):
+        parts.append("sites " + " ".join(f"{n}={a:.3f}" for n, a in record["site_accuracy"].items()))
+    losses = {n: f["train_loss"] for n, f in record.get("fit", {}).items() if "train_loss" in f}
+    if losses:
+        parts.append("train loss " + " ".join(f"{n}={v:.3f}" for n, v in losses.items()))
+    parts.append(f"{record['seconds']:.1f}s")
+    return " | ".join(parts)

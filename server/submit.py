@@ -1,0 +1,61 @@
+"""Submit the FedSilo app to a running SuperLink with `flwr run`, stream its log, read the outcome."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from common.config import RunConfig, write_run_config_toml
+from common.errors import FedSiloError
+from common.launch import app_dir, flower_env, flower_script, write_flwr_home
+
+# Flower's own chatter that says nothing to an operator of FedSilo.
+_NOISE = re.compile(r"configure_(fit|evaluate): strategy sampled|aggregate_(fit|evaluate): received|"
+                    r"^INFO\s*:\s*$|Requesting initial parameters|Using initial global parameters|"
+                    r"Evaluating initial global parameters|\[INIT\]|\[ROUND \d+\]|"
+                    r"No fit_metrics_aggregation_fn|No evaluate_metrics_aggregation_fn")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def submit_and_stream(cfg: RunConfig, run_dir: Path, superlink: str, insecure: bool,
+                      federation_config: str | None = None, root_cert: str | None = None,
+                      verbose: bool = False) -> dict:
+    """Run the app to completion; returns summary.json (the ServerApp's own account of the run)."""
+    flwr_home = run_dir / ".flwr"
+    write_flwr_home(flwr_home, superlink, insecure, root_cert)
+    config_file = write_run_config_toml(cfg, run_dir / "run-config.toml")
+    cmd = [flower_script("flwr"), "run", str(app_dir()), "fedsilo", "--run-config", str(config_file),
+           "--stream"]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    summary_path = run_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)  # only this run's outcome counts
+    log_path = run_dir / "logs" / "serverapp.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
+            cmd, env=flower_env(flwr_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if verbose or not _NOISE.search(_ANSI.sub("", line)):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        proc.wait()
+    if not summary_path.exists():
+        raise FedSiloError(f"the run ended without a summary (flwr run exit code {proc.returncode}); "
+                           f"see {log_path}")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def finish(summary: dict, run_dir: Path) -> int:
+    """Exit status from the ServerApp's own account of the run."""
+    if summary.get("status") != "ok":
+        raise FedSiloError(f"no round completed ({summary.get('rounds_failed') or 'see logs'}); "
+                           f"outputs in {run_dir}")
+    print(f"done: {len(summary['rounds_completed'])}/{summary['rounds_planned']} rounds; "
+          f"final model in {summary['final_model']}", flush=True)
+    return 0

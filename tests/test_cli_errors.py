@@ -1,0 +1,90 @@
+"""Bad input at the command line: one clear line on stderr, a non-zero exit, nothing half-written."""
+
+import socket
+
+import pytest
+
+from tests.helpers import LABELS, assert_clean_error, run_cli
+
+
+@pytest.fixture()
+def files(tmp_path):
+    paths = {
+        "missing": tmp_path / "nope.tsv",
+        "empty": tmp_path / "empty.tsv",
+        "nocol": tmp_path / "nocol.tsv",
+        "latin1": tmp_path / "latin1.tsv",
+        "badlabel": tmp_path / "badlabel.tsv",
+        "good": tmp_path / "good.tsv",
+        "unreadable": tmp_path / "unreadable.tsv",
+    }
+    paths["empty"].write_text("")
+    paths["nocol"].write_text("message\tlabel\nhello\tcard\n")
+    paths["latin1"].write_bytes("text\tlabel\ncaf\xe9 card\tcard\n".encode("latin-1"))
+    paths["badlabel"].write_text("text\tlabel\na\tcard\nb\tmortgage\n")
+    paths["good"].write_text("text\tlabel\n" + "".join(f"text {i}\t{LABELS.split(',')[i % 4]}\n" for i in range(20)))
+    paths["unreadable"].mkdir()  # a folder where a file is expected
+    return paths
+
+
+@pytest.mark.parametrize("key, extra, fragment", [
+    ("missing", [], "data file not found"),
+    ("empty", [], "data file is empty"),
+    ("nocol", [], "missing column 'text'"),
+    ("latin1", [], "not valid UTF-8"),
+    ("badlabel", ["--labels", LABELS], "'mortgage' not in the run's label set"),
+    ("good", ["--sites", "50"], "has only 20 records"),
+    ("good", ["--model", "nobody/no-such-bert"], "cannot load model 'nobody/no-such-bert'"),
+    ("good", ["--rounds", "0"], "rounds: must be >= 1"),
+    ("good", ["--labels", "card"], "at least two labels"),
+    ("good", ["--partition", "dirichlet", "--dirichlet-alpha", "0.001", "--sites", "10"], "dirichlet-alpha"),
+])
+def test_fl_sim_bad_input(files, tmp_path, key, extra, fragment):
+    run_dir = tmp_path / "run"
+    args = ["--sites", "2", "--data", files[key], "--run-dir", run_dir, *extra]
+    proc = run_cli("fl-sim", *args, timeout=120)
+    assert_clean_error(proc, fragment)
+    assert not run_dir.exists()  # nothing half-written
+
+
+def test_fl_server_port_in_use(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = run_cli("fl-server", "--insecure", "--port", port, "--labels", LABELS,
+                       "--run-dir", tmp_path / "run", timeout=60)
+    assert_clean_error(proc, f"port {port} on 127.0.0.1 is already in use")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--insecure"], "at least two labels"),
+    (["--insecure", "--labels", LABELS, "--host", "0.0.0.0"], "plaintext is allowed on 127.0.0.1 only"),
+    (["--labels", LABELS], "pass --insecure"),
+    (["--insecure", "--labels", LABELS, "--model", "/no/such/dir"], "cannot load model"),
+])
+def test_fl_server_bad_options(tmp_path, extra, fragment):
+    proc = run_cli("fl-server", "--port", "0", "--run-dir", tmp_path / "run", *extra, timeout=60)
+    assert_clean_error(proc, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, extra, fragment", [
+    ("missing", ["--insecure"], "data file not found"),
+    ("nocol", ["--insecure"], "missing column 'text'"),
+    ("unreadable", ["--insecure"], "data file not found"),
+    ("good", ["--insecure", "--server", "10.1.2.3:9092"], "plaintext is allowed on 127.0.0.1 only"),
+    ("good", ["--insecure", "--server", "nocolon"], "invalid address"),
+    ("good", ["--insecure", "--site", "a b"], "--site"),
+])
+def test_fl_client_bad_input(files, key, extra, fragment):
+    args = ["--data", files[key], *extra]
+    if "--site" not in extra:
+        args = ["--site", "A", *args]
+    assert_clean_error(run_cli("fl-client", *args, timeout=60), fragment)
+
+
+def test_fl_predict_without_final_model(tmp_path):
+    assert_clean_error(run_cli("fl-predict", tmp_path, "--text", "hi"), "no final model")
+    assert_clean_error(run_cli("fl-predict", tmp_path / "nope", "--text", "hi"), "not a run directory")

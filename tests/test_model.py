@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import classification_report
+
+from common.batching import collate, encode, length_sorted_batches
+from common.config import RunConfig
+from common.errors import FedSiloError
+from common.model import build_model, check_model, get_weights, load_tokenizer, save_pretrained_atomic, set_weights
+from server.report import report_dict, report_text
+
+
+def cfg_for(model_dir, **extra):
+    return RunConfig.from_dict({"model": str(model_dir), "labels": "a,b,c", **extra})
+
+
+def test_lora_trains_only_adapters_and_head(tiny_model):
+    model = build_model(cfg_for(tiny_model))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "classifier" in n for n in names)
+    assert any("classifier" in n for n in names)
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(w.size for w in get_weights(model)) < total / 5
+
+
+def test_same_seed_same_initial_weights_and_set_weights_round_trip(tiny_model):
+    a, b = build_model(cfg_for(tiny_model)), build_model(cfg_for(tiny_model))
+    wa, wb = get_weights(a), get_weights(b)
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+    moved = [w + 1.0 for w in wa]
+    set_weights(b, moved)
+    assert all(np.array_equal(x, y) for x, y in zip(get_weights(b), moved))
+
+
+def test_set_weights_rejects_wrong_count_and_shape(tiny_model):
+    model = build_model(cfg_for(tiny_model))
+    weights = get_weights(model)
+    with pytest.raises(FedSiloError, match="tensors, expected"):
+        set_weights(model, weights[:-1])
+    with pytest.raises(FedSiloError, match="does not fit"):
+        set_weights(model, [np.zeros((1, 1), np.float32)] + weights[1:])
+
+
+def test_padding_to_the_batch_gives_the_same_logits_as_padding_to_max(tiny_model):
+    cfg = cfg_for(tiny_model)
+    model, tok = build_model(cfg).eval(), load_tokenizer(cfg.model)
+    texts = ["short", "a somewhat longer text with more tokens in it", "mid length text"]
+    enc = encode(tok, texts, 64)
+    dynamic = model(**collate(enc, [0, 1, 2], tok.pad_token_id)).logits
+    full = tok(texts, padding="max_length", max_length=64, return_tensors="pt")
+    padded = model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits
+    assert collate(enc, [0, 2], tok.pad_token_id)["input_ids"].shape[1] == max(len(enc.ids[0]), len(enc.ids[2]))
+    torch.testing.assert_close(dynamic, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_length_sorted_batches_group_similar_lengths(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    enc = encode(tok, ["a " * n for n in (30, 1, 20, 2, 10, 3)], 64)
+    batches = length_sorted_batches(enc, 2)
+    lengths = [[len(enc.ids[i]) for i in b] for b in batches]
+    assert lengths == sorted(lengths) and sorted(sum(map(list, batches), [])) == list(range(6))
+
+
+def test_final_model_loads_with_from_pretrained_and_predicts_the_same(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = cfg_for(tiny_model)
+    model, tok = build_model(cfg), load_tokenizer(cfg.model)
+    set_weights(model, [w + 0.05 for w in get_weights(model)])  # non-zero LoRA B: merge matters
+    batch = collate(encode(tok, ["hello there"], 32), [0], tok.pad_token_id)
+    before = model.eval()(**batch).logits
+    target = save_pretrained_atomic(model, tok, tmp_path / "final-model")
+    loaded = AutoModelForSequenceClassification.from_pretrained(target).eval()
+    torch.testing.assert_close(loaded(**batch).logits, before, atol=1e-4, rtol=1e-4)
+    assert loaded.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_unknown_model_is_one_clear_error_offline():
+    with pytest.raises(FedSiloError, match="cannot load model 'nobody/no-such-bert'"):
+        check_model("nobody/no-such-bert")
+
+
+def test_report_matches_sklearn_on_expanded_predictions():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    confusion = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    ours = report_dict(confusion, ("a", "b", "c"))
+    ref = classification_report(y_true, y_pred, target_names=["a", "b", "c"], output_dict=True)
+    for key in ("a", "b", "c", "macro avg", "weighted avg"):
+        for metric in ("precision", "recall", "f1-score", "support"):
+            assert ours[key][metric] == pytest.approx(ref[key][metric])
+    assert ours["accuracy"] == pytest.approx(ref["accuracy"])
+    text = report_text(confusion, ("a", "b", "c"))
+    assert "macro avg" in text and " 200\n" in text

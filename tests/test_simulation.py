@@ -1,0 +1,38 @@
+"""fl-sim end to end: Flower's simulation engine, the real ClientApp/ServerApp, a tiny BERT."""
+
+import json
+
+from tests.helpers import LABELS, run_cli
+
+
+def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("fl-sim", "--sites", 3, "--data", demo_dir / "all.tsv", "--model", tiny_model,
+                   "--rounds", 2, "--trainable", "full", "--learning-rate", 3e-3, "--local-epochs", 4,
+                   "--run-dir", run_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # One line per round on the coordinator's screen, then the report.
+    assert "round 1/2 | accuracy" in proc.stdout and "round 2/2 | accuracy" in proc.stdout
+    assert "== federation" in proc.stdout and "macro avg" in proc.stdout
+
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert sorted(rounds[-1]["site_accuracy"]) == ["sim-0", "sim-1", "sim-2"]
+    assert rounds[-1]["eval_examples"] == 120  # 20% of 600, split at the sites
+    # Four balanced classes: chance is 0.25.
+    assert rounds[-1]["accuracy"] > 0.7, rounds
+    print("simulation accuracy by round:", [r["accuracy"] for r in rounds])
+
+    assert json.loads((run_dir / "labels.json").read_text()) == dict(
+        (str(i), name) for i, name in enumerate(LABELS.split(",")))
+    assert (run_dir / "rounds" / "round-0002.npz").is_file()
+    report = json.loads((run_dir / "reports" / "round-0002.json").read_text())
+    assert set(report["sites"]) == {"sim-0", "sim-1", "sim-2"}
+    assert report["federation"]["report"]["accuracy"] == rounds[-1]["accuracy"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["rounds_completed"] == [1, 2]
+
+    pred = run_cli("fl-predict", run_dir, "--text", "my debit card was declined at the shop",
+                   "--text", "my mortgage application was rejected without a reason")
+    assert pred.returncode == 0, pred.stderr
+    assert [json.loads(line)["label"] for line in pred.stdout.splitlines()] == ["card", "loan"]
