@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
+from common.privacy import SitePrivacy, add_privacy_options, privacy_from_args
 from common.launch import (
     flower_env,
     flower_script,
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local port of the SuperNode's runtime API; 0 picks a free one [default: 0]")
     p.add_argument("--max-wait", type=float, default=300.0, metavar="SECONDS",
                    help="give up if the server cannot be reached for this long [default: 300]")
+    p.add_argument("--ledger", metavar="FILE", default=None,
+                   help="this dataset's privacy ledger [default: DATA.privacy-ledger.json next to the data]")
+    add_privacy_options(p)
     return p
 
 
@@ -59,12 +64,15 @@ def main(argv=None) -> int:
     require_loopback(host, "--insecure")
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
-    print(f"fl-client: site {args.site}: {len(records)} records in {data}; connecting to {args.server}",
-          flush=True)
+    privacy = privacy_from_args(args)
+    ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
+    print(f"fl-client: site {args.site}: {len(records)} records in {data}", flush=True)
+    print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
 
     node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
-        "site": args.site, "data-path": str(data),
-        "text-column": args.text_column, "label-column": args.label_column}.items())
+        "site": args.site, "data-path": str(data), "ledger": str(ledger),
+        "text-column": args.text_column, "label-column": args.label_column,
+        **privacy.to_node_config()}.items())
     port = args.port or free_port()
     supernode = subprocess.Popen(
         [flower_script("flower-supernode"), "--insecure", "--superlink", args.server,
@@ -89,6 +97,20 @@ def main(argv=None) -> int:
     if supernode.returncode not in (0, -signal.SIGTERM):
         raise FedSiloError(f"the SuperNode stopped with exit code {supernode.returncode}")
     return 0
+
+
+def privacy_status(privacy: SitePrivacy, ledger_path: Path, records) -> str:
+    """Check the site's DP settings and its ledger before joining, and say where they stand."""
+    if not privacy.dp:
+        return "differential privacy is OFF for this site (--no-dp); every report will say so"
+    delta = privacy.delta_for(len(records))
+    ledger = PrivacyLedger(ledger_path, fingerprint(records), len(records), delta, privacy.accountant)
+    spent = ledger.spent()
+    if spent >= privacy.privacy_budget:
+        raise FedSiloError(f"privacy budget exhausted: {spent:.2f} of {privacy.privacy_budget:.2f} "
+                           f"spent on this dataset (ledger {ledger_path})")
+    return (f"DP-SGD on: epsilon {spent:.2f} of budget {privacy.privacy_budget:.2f} spent so far "
+            f"(delta {delta:.2g}, {privacy.accountant.upper()} accountant, ledger {ledger_path})")
 
 
 def _interrupt(signum, frame):

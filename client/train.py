@@ -13,10 +13,10 @@ from common.config import RunConfig
 
 def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
                 desc: str = "train") -> dict[str, float]:
-    """Plain (non-private) local training with AdamW; returns the mean training loss."""
+    """Plain (non-private) local training with AdamW, only when the site turned DP off."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr_for(dp=False), weight_decay=0.0)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
     for epoch in range(cfg.local_epochs):

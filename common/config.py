@@ -41,9 +41,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "least that must answer for it to count.", minimum=1, maximum=100_000),
     Option("local-epochs", int, 1, "Passes over the site's training split per round.",
            minimum=1, maximum=1000),
-    Option("batch-size", int, 16, "Local training batch size.", minimum=1, maximum=65_536),
-    Option("learning-rate", float, 0.0, "Local AdamW learning rate; 0 = the default for the "
-           "trainable set (2e-3 for LoRA, 5e-5 for full fine-tuning).", minimum=0.0, maximum=1.0),
+    Option("batch-size", int, 64, "Local batch size; under DP the expected size of each "
+           "Poisson-sampled batch (DP-SGD learns with large batches).", minimum=1, maximum=65_536),
+    Option("learning-rate", float, 0.0, "Local AdamW learning rate; 0 = by trainable set and DP: "
+           "LoRA 1e-2 (DP) / 2e-3, full 5e-4 (DP) / 5e-5.", minimum=0.0, maximum=1.0),
     Option("max-length", int, 128, "Texts are truncated to this many tokens (batches are padded "
            "only to their own longest text).", minimum=8, maximum=8192),
     Option("trainable", str, "lora", "What trains and travels: 'lora' (LoRA adapters + "
@@ -63,9 +64,32 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("dirichlet-alpha", float, 0.5, "Simulation only: Dirichlet concentration (smaller = "
            "more skewed sites).", minimum=1e-3, maximum=1e6),
 )
+
+# A site's own differential-privacy settings. A real site sets them with fl-client --KEY (they
+# reach its ClientApp as node config, out of the server's hands); in simulation every virtual
+# site takes them from the run configuration as sim-KEY (fl-sim --KEY).
+SITE_PRIVACY_OPTIONS: tuple[Option, ...] = (
+    Option("dp", bool, True, "Train with DP-SGD (per-example clipping, Gaussian noise, Poisson "
+           "sampling). Turn off only with --no-dp; every report then says so."),
+    Option("target-epsilon", float, 8.0, "Epsilon this site spends over the run's planned rounds; "
+           "the noise multiplier is calibrated for it.", minimum=1e-3, maximum=1e4),
+    Option("privacy-budget", float, 8.0, "Total epsilon this site allows on this dataset over all "
+           "runs; a round that would exceed it is refused.", minimum=1e-3, maximum=1e4),
+    Option("delta", float, 0.0, "Delta of the guarantee; 0 = min(1e-5, 0.1/n) for the site's n "
+           "records.", minimum=0.0, maximum=0.1),
+    Option("max-grad-norm", float, 1.0, "Per-example gradient clipping bound C.",
+           minimum=1e-6, maximum=1e6),
+    Option("accountant", str, "prv", "Privacy accountant: 'prv' (tighter) or 'rdp'.",
+           choices=("prv", "rdp")),
+)
+RUN_OPTIONS += tuple(
+    Option(f"sim-{opt.key}", opt.type, opt.default, f"Simulation only, every virtual site: {opt.help}",
+           opt.choices, opt.minimum, opt.maximum) for opt in SITE_PRIVACY_OPTIONS)
 OPTIONS_BY_KEY = {opt.key: opt for opt in RUN_OPTIONS}
 
-DEFAULT_LR = {"lora": 2e-3, "full": 5e-5}
+# Learning rate by (trainable set, DP at the site): DP-SGD needs a larger one (noisy, clipped
+# steps; measured in ../shared/notes/opacus-bert.md and in the tests).
+DEFAULT_LR = {("lora", False): 2e-3, ("lora", True): 1e-2, ("full", False): 5e-5, ("full", True): 5e-4}
 
 
 def _attr(key: str) -> str:
@@ -80,7 +104,7 @@ class RunConfig:
     rounds: int = 3
     min_sites: int = 2
     local_epochs: int = 1
-    batch_size: int = 16
+    batch_size: int = 64
     learning_rate: float = 0.0
     max_length: int = 128
     trainable: str = "lora"
@@ -93,10 +117,15 @@ class RunConfig:
     sim_data: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
+    sim_dp: bool = True
+    sim_target_epsilon: float = 8.0
+    sim_privacy_budget: float = 8.0
+    sim_delta: float = 0.0
+    sim_max_grad_norm: float = 1.0
+    sim_accountant: str = "prv"
 
-    @property
-    def lr(self) -> float:
-        return self.learning_rate or DEFAULT_LR[self.trainable]
+    def lr_for(self, dp: bool) -> float:
+        return self.learning_rate or DEFAULT_LR[(self.trainable, dp)]
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
@@ -106,7 +135,7 @@ class RunConfig:
             raise FedSiloError(f"unknown run option(s): {', '.join(unknown)}")
         values: dict[str, Any] = {}
         for opt in RUN_OPTIONS:
-            values[_attr(opt.key)] = _check(opt, raw.get(opt.key, opt.default))
+            values[_attr(opt.key)] = check_option(opt, raw.get(opt.key, opt.default))
         values["labels"] = split_list(values["labels"])
         values["lora_targets"] = split_list(values["lora_targets"])
         if len(set(values["labels"])) != len(values["labels"]):
@@ -135,7 +164,7 @@ def split_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _check(opt: Option, value: Any) -> Any:
+def check_option(opt: Option, value: Any) -> Any:
     if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, opt.type) or isinstance(value, bool) and opt.type is not bool:
@@ -181,7 +210,5 @@ def write_run_config_toml(cfg: RunConfig, path: Path) -> Path:
 
 
 def resolved(cfg: RunConfig) -> dict[str, Any]:
-    """The config as written into the run directory (learning rate resolved)."""
-    out = dataclasses.asdict(cfg)
-    out["learning_rate"] = cfg.lr
-    return out
+    """The config as written into the run directory."""
+    return dataclasses.asdict(cfg)

@@ -19,6 +19,7 @@ from flwr.serverapp import ServerApp
 from common.config import RunConfig
 from common.errors import FedSiloError
 from common.model import build_model, get_weights, load_tokenizer, save_pretrained_atomic, set_weights
+from common.privacy import guarantee_sentence
 from server.run_dir import RunDir
 from server.strategy import FedSiloStrategy
 
@@ -56,6 +57,9 @@ def run(grid: Grid, context: Context) -> None:
         "seconds": round(time.monotonic() - started, 1),
         "status": "ok" if strategy.completed_rounds else "failed",
     }
+    summary["privacy"] = privacy_summary(strategy.site_privacy)
+    for line in summary["privacy"].values():
+        log(INFO, "%s", line)
     if strategy.completed_rounds:
         set_weights(model, strategy.global_weights)
         save_pretrained_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)
@@ -66,3 +70,15 @@ def run(grid: Grid, context: Context) -> None:
         log(INFO, "\n%s", report.read_text(encoding="utf-8"))
     log(INFO, "FedSilo run finished: %d of %d rounds completed; outputs in %s",
         len(strategy.completed_rounds), cfg.rounds, run_dir.path)
+
+
+def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:
+    """One exact sentence per site, from what each site last reported about itself."""
+    out = {}
+    for name, rep in sorted(site_privacy.items()):
+        if rep.get("dp"):
+            out[name] = guarantee_sentence(name, float(rep["epsilon"]), float(rep["delta"]),
+                                           str(rep["accountant"]), int(rep["records"]))
+        else:
+            out[name] = f"site {name}: NO differential privacy (turned off at the site with --no-dp)."
+    return out

@@ -7,11 +7,12 @@ import os
 import time
 from pathlib import Path
 
-from common.config import add_run_options, run_config_from_args
+from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
 from common.errors import FedSiloError, cli_entry
 from common.launch import flower_env, flower_script, free_port, spawn, stop, wait_for_port
 from common.model import check_model
+from common.privacy import add_privacy_options, privacy_from_args
 from server.run_dir import RunDir
 from server.submit import finish, submit_and_stream
 
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU cores Ray reserves per virtual site; sites run concurrently when "
                         "the machine has room [default: 1]")
     p.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
-    add_run_options(p)
+    add_run_options(p, keys=[o.key for o in RUN_OPTIONS if not o.key.startswith("sim-")])
+    add_privacy_options(p)
     return p
 
 
@@ -44,7 +46,8 @@ def main(argv=None) -> int:
     records = read_records(data, text_col, label_col)  # fail here, not in N subprocesses
     labels = args.labels or ",".join(label_set_of(records))
     run_dir = Path(args.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    overrides = {"sim-data": str(data), "labels": labels, "run-dir": str(run_dir)}
+    overrides = {"sim-data": str(data), "labels": labels, "run-dir": str(run_dir),
+                 **{f"sim-{k}": v for k, v in privacy_from_args(args).to_node_config().items()}}
     if args.min_sites is None:
         overrides["min-sites"] = args.sites  # every virtual site is always there
     cfg = run_config_from_args(args, **overrides)

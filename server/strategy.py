@@ -28,9 +28,13 @@ from server.report import report_dict
 from server.run_dir import RunDir
 
 
+PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records")
+
+
 def _failure_text(failure) -> str:
     if isinstance(failure, BaseException):
-        return str(failure) or type(failure).__name__
+        error = failure.args[0] if failure.args else None
+        return getattr(error, "reason", None) or str(failure) or type(failure).__name__
     _proxy, res = failure
     return res.status.message
 
@@ -52,6 +56,7 @@ class FedSiloStrategy(FedAvg):
         self.global_weights = [w.copy() for w in initial]
         self.completed_rounds: list[int] = []
         self.failed_rounds: dict[int, str] = {}
+        self.site_privacy: dict[str, dict] = {}  # latest privacy report of each site
         self.round_record: dict = {}
         self._round_start = time.monotonic()
 
@@ -69,6 +74,8 @@ class FedSiloStrategy(FedAvg):
                    **{k: v for k, v in res.metrics.items() if k != "site"}}
             for name, res in sites.items()
         }
+        for name, res in sites.items():
+            self.site_privacy[name] = {k: res.metrics[k] for k in PRIVACY_KEYS if k in res.metrics}
         self.round_record["fit_failures"] = [_failure_text(f) for f in failures]
         for text in self.round_record["fit_failures"]:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
@@ -123,11 +130,20 @@ def round_line(record: dict, rounds: int) -> str:
     parts = [f"round {record['round']}/{rounds}"]
     if record.get("status") == "failed":
         parts.append("FAILED (model unchanged)")
-    parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
+    if record.get("eval_examples"):
+        parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
+    else:
+        parts.append("no evaluation results")
     if record.get("site_accuracy"):
         parts.append("sites " + " ".join(f"{n}={a:.3f}" for n, a in record["site_accuracy"].items()))
-    losses = {n: f["train_loss"] for n, f in record.get("fit", {}).items() if "train_loss" in f}
-    if losses:
-        parts.append("train loss " + " ".join(f"{n}={v:.3f}" for n, v in losses.items()))
+    fit = dict(sorted(record.get("fit", {}).items()))
+    eps = {n: f["epsilon"] for n, f in fit.items() if f.get("dp")}
+    if eps:
+        parts.append("epsilon " + " ".join(f"{n}={v:.2f}" for n, v in eps.items()))
+    no_dp = [n for n, f in fit.items() if not f.get("dp")]
+    if no_dp:
+        parts.append("NO DP at " + ",".join(no_dp))
+    for text in record.get("fit_failures", []):
+        parts.append(f"not trained: {text}")
     parts.append(f"{record['seconds']:.1f}s")
     return " | ".join(parts)

@@ -17,8 +17,9 @@ def test_defaults_and_lists():
     cfg = RunConfig.from_dict({"labels": " neg, pos ,", "lora-targets": "query,key,value"})
     assert cfg.labels == ("neg", "pos")
     assert cfg.lora_targets == ("query", "key", "value")
-    assert cfg.lr == 2e-3 and RunConfig.from_dict({"trainable": "full"}).lr == 5e-5
-    assert RunConfig.from_dict({"learning-rate": 0.01}).lr == 0.01
+    assert cfg.lr_for(dp=False) == 2e-3 and cfg.lr_for(dp=True) == 1e-2
+    assert RunConfig.from_dict({"trainable": "full"}).lr_for(dp=False) == 5e-5
+    assert RunConfig.from_dict({"learning-rate": 0.03}).lr_for(dp=True) == 0.03
 
 
 def test_round_trip_through_flat_dict():

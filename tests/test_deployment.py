@@ -24,7 +24,7 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "A", "B")}
     server = start("fl-server", "--insecure", "--port", port, "--labels", LABELS, "--model", tiny_model,
                    "--rounds", 2, "--trainable", "full", "--learning-rate", 3e-3, "--local-epochs", 4,
-                   "--run-dir", run_dir, log=logs["server"])
+                   "--batch-size", 16, "--run-dir", run_dir, log=logs["server"])
     sites = []
     try:
         deadline = time.monotonic() + 60
@@ -33,7 +33,7 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
             time.sleep(0.5)
         for name in ("A", "B"):
             sites.append(start("fl-client", "--site", name, "--data", demo_dir / f"site-{name}.tsv",
-                               "--server", f"127.0.0.1:{port}", "--insecure", log=logs[name]))
+                               "--server", f"127.0.0.1:{port}", "--insecure", "--no-dp", log=logs[name]))
         assert server.wait(timeout=600) == 0, (tmp_path / "server.log").read_text()[-4000:]
     finally:
         for proc in [server, *sites]:

@@ -6,10 +6,11 @@ from tests.helpers import LABELS, run_cli
 
 
 def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
+    # A random tiny BERT learns only without DP noise; DP learning is tested on MiniLM.
     run_dir = tmp_path / "run"
     proc = run_cli("fl-sim", "--sites", 3, "--data", demo_dir / "all.tsv", "--model", tiny_model,
                    "--rounds", 2, "--trainable", "full", "--learning-rate", 3e-3, "--local-epochs", 4,
-                   "--run-dir", run_dir)
+                   "--batch-size", 16, "--no-dp", "--run-dir", run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # One line per round on the coordinator's screen, then the report.
     assert "round 1/2 | accuracy" in proc.stdout and "round 2/2 | accuracy" in proc.stdout
@@ -31,6 +32,10 @@ def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
     assert report["federation"]["report"]["accuracy"] == rounds[-1]["accuracy"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == [1, 2]
+    # Turning DP off is explicit and shows in every report.
+    assert all(f["dp"] is False for f in rounds[-1]["fit"].values())
+    assert "NO DP at sim-0,sim-1,sim-2" in proc.stdout
+    assert summary["privacy"]["sim-0"].startswith("site sim-0: NO differential privacy")
 
     pred = run_cli("fl-predict", run_dir, "--text", "my debit card was declined at the shop",
                    "--text", "my mortgage application was rejected without a reason")

@@ -1,0 +1,132 @@
+"""DP-SGD at the site with Opacus: Poisson sampling, per-example clipping, Gaussian noise.
+
+Two mechanisms, one per trainable set:
+- LoRA (default): Opacus hooks compute per-example gradients. Each Poisson batch is sorted by
+  length and run as micro-batches, each padded to its own longest text; their per-example
+  gradients are joined into one tensor before a single clipped, noised optimizer step, so the
+  step is exactly the one the whole batch would give, without paying for padding.
+- full fine-tuning: Opacus ghost clipping (per-example gradient norms without materialising
+  per-example gradients). Its loss must be the criterion Opacus returns: calling the model's
+  own loss instead would silently skip clipping, so only `_ghost_step` ever computes it.
+
+Accounting is not done here: the caller charges the ledger for (sigma, q, steps) before
+training, whatever happens during it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.batching import Encoded, collate
+
+MICRO_BATCH = 32  # sequences per forward/backward inside one Poisson batch
+
+
+@dataclass(frozen=True)
+class DPStepPlan:
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+
+
+def _poisson_batches(n: int, q: float, steps: int, rng: np.random.Generator):
+    for _ in range(steps):
+        yield np.flatnonzero(rng.random(n) < q)
+
+
+def _micro_batches(data: Encoded, idx: np.ndarray, size: int = MICRO_BATCH):
+    order = idx[np.argsort([len(data.ids[i]) for i in idx], kind="stable")]
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int, seed: int,
+             ghost: bool = False, desc: str = "dp-train") -> dict[str, float]:
+    """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log)."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = max(1, int(round(plan.sample_rate * len(data))))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    base = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+    optimizer = optimizer_cls(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                              expected_batch_size=expected, loss_reduction="mean")
+    module = _wrap(model, plan.max_grad_norm, ghost)
+    losses: list[float] = []
+    bar = tqdm(_poisson_batches(len(data), plan.sample_rate, plan.steps, rng), total=plan.steps,
+               desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)
+    try:
+        for idx in bar:
+            optimizer.zero_grad(set_to_none=True)
+            if ghost:
+                loss = _ghost_step(module, optimizer, data, idx, pad_id, params)
+            else:
+                loss = _hooks_step(module, data, idx, pad_id, params)
+            optimizer.step()  # clip (already done in ghost mode), add noise, average, update
+            if loss is not None:
+                losses.append(loss)
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
+    finally:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        module.remove_hooks()  # the caller gets its plain model back
+        module.cleanup()
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan")}
+
+
+def _wrap(model, max_grad_norm: float, ghost: bool):
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    if ghost:
+        return GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                    max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+    # "sum": the loss below is a sum, so grad_sample holds exact per-example gradients.
+    return GradSampleModule(model, batch_first=True, loss_reduction="sum")
+
+
+def _hooks_step(module, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
+    if len(idx) == 0:  # an empty Poisson batch still takes a (pure-noise) step
+        for p in params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+        return None
+    parts: dict[int, list[torch.Tensor]] = {id(p): [] for p in params}
+    total = 0.0
+    for chunk in _micro_batches(data, idx):
+        batch = collate(data, chunk, pad_id)
+        labels = batch.pop("labels")
+        loss = F.cross_entropy(module(**batch).logits, labels, reduction="sum")
+        loss.backward()
+        total += loss.item()
+        for p in params:
+            parts[id(p)].append(p.grad_sample)
+            p.grad_sample = None
+    for p in params:
+        # One tensor, not a list: a list would make Opacus treat the chunks as accumulated
+        # steps (dividing the gradient by their number).
+        p.grad_sample = torch.cat(parts[id(p)], dim=0)
+    return total / len(idx)
+
+
+def _ghost_step(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    if len(idx) == 0:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return None
+    criterion = DPLossFastGradientClipping(module, optimizer, torch.nn.CrossEntropyLoss(reduction="mean"),
+                                           loss_reduction="mean")
+    batch = collate(data, idx, pad_id)
+    labels = batch.pop("labels")
+    loss = criterion(module(**batch).logits, labels)
+    loss.backward()  # two passes: per-example norms, then the clipped sum
+    return loss.item()

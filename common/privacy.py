@@ -1,0 +1,127 @@
+"""A site's differential-privacy settings and the accounting behind them.
+
+The guarantee FedSilo gives is record-level (epsilon, delta)-DP for each site's own dataset,
+composed over every round the site ever trains on that dataset, computed with Opacus's
+accountant (PRV by default, RDP on request) for the Poisson-subsampled Gaussian mechanism of
+DP-SGD. The settings here belong to the site: in deployment they come from fl-client's own
+options (node config) and the server cannot change them; only in simulation, where the
+coordinator plays every site, do they come from the run configuration (sim-* keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from common.config import SITE_PRIVACY_OPTIONS, check_option
+from common.errors import FedSiloError
+
+ACCOUNTANTS = ("prv", "rdp")
+ACCOUNTANT_NAMES = {"prv": "Opacus PRV accountant (Gopi et al. 2021)", "rdp": "Opacus RDP accountant"}
+
+@dataclass(frozen=True)
+class SitePrivacy:
+    dp: bool = True
+    target_epsilon: float = 8.0
+    privacy_budget: float = 8.0
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+
+    @classmethod
+    def from_mapping(cls, raw: dict, prefix: str = "") -> "SitePrivacy":
+        values = {}
+        for opt in SITE_PRIVACY_OPTIONS:
+            value = raw.get(prefix + opt.key, opt.default)
+            values[opt.key.replace("-", "_")] = check_option(opt, value)
+        settings = cls(**values)
+        if settings.dp and settings.target_epsilon > settings.privacy_budget:
+            raise FedSiloError(f"target-epsilon {settings.target_epsilon} is larger than the "
+                               f"privacy-budget {settings.privacy_budget}")
+        return settings
+
+    def delta_for(self, n: int) -> float:
+        """delta must stay below 1/n, or releasing one whole record would fit inside delta."""
+        if self.delta == 0.0:
+            return min(1e-5, 0.1 / max(n, 1))
+        if self.delta >= 1.0 / max(n, 1):
+            raise FedSiloError(f"delta {self.delta} is not below 1/n = {1.0 / n:.3g} for this "
+                               f"site's {n} records; choose a smaller --delta")
+        return self.delta
+
+    def to_node_config(self) -> dict:
+        return {opt.key: getattr(self, opt.key.replace("-", "_")) for opt in SITE_PRIVACY_OPTIONS}
+
+
+def add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("differential privacy (the site's own settings)")
+    group.add_argument("--no-dp", dest="dp", action="store_false", default=True,
+                       help="train WITHOUT differential privacy (recorded in every report)")
+    for opt in SITE_PRIVACY_OPTIONS[1:]:
+        group.add_argument(f"--{opt.key}", dest=opt.key.replace("-", "_"), type=opt.type,
+                           default=opt.default, choices=opt.choices or None,
+                           help=f"{opt.help} [default: {opt.default}]")
+
+
+def privacy_from_args(args: argparse.Namespace) -> SitePrivacy:
+    return SitePrivacy.from_mapping({opt.key: getattr(args, opt.key.replace("-", "_"))
+                                     for opt in SITE_PRIVACY_OPTIONS})
+
+
+# ------------------------------------------------------------------------------ accounting
+def sample_rate(batch_size: int, n: int) -> float:
+    """Poisson sampling rate q: each record joins each step's batch with probability q."""
+    return min(1.0, batch_size / max(n, 1))
+
+
+def steps_per_round(q: float, local_epochs: int) -> int:
+    """One epoch is 1/q Poisson steps (the expected number of visits per record is then 1)."""
+    return max(1, int(round(local_epochs / q)))
+
+
+def make_accountant(name: str, history: list[tuple[float, float, int]] = ()):
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=name)
+    accountant.history = [tuple(h) for h in history]
+    return accountant
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """Epsilon of the composition of (noise multiplier, sample rate, steps) entries."""
+    if not history:
+        return 0.0
+    return float(make_accountant(accountant, merge_history(history)).get_epsilon(delta=delta))
+
+
+def merge_history(history) -> list[tuple[float, float, int]]:
+    """Merge consecutive entries with the same (sigma, q): the same composition, a faster PRV."""
+    merged: list[list] = []
+    for sigma, q, steps in history:
+        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
+            merged[-1][2] += int(steps)
+        else:
+            merged.append([float(sigma), float(q), int(steps)])
+    return [tuple(m) for m in merged]
+
+
+def calibrate_noise(target_epsilon: float, delta: float, q: float, total_steps: int, accountant: str) -> float:
+    """The noise multiplier that spends target_epsilon over total_steps (Opacus's helper)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
+                                     steps=total_steps, accountant=accountant, epsilon_tolerance=0.01)
+    except ValueError as err:
+        raise FedSiloError(f"cannot calibrate noise for epsilon={target_epsilon}: {err}") from None
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise FedSiloError(f"cannot calibrate noise for epsilon={target_epsilon}")
+    return float(sigma)
+
+
+def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str, n: int) -> str:
+    """The one exact sentence every report carries for a DP site (epsilon rounded up, never down)."""
+    return (f"site {site}: record-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy for its "
+            f"{n} records, composed over every round it has trained on this dataset, "
+            f"accounted with the {ACCOUNTANT_NAMES[accountant]}.")
