@@ -7,7 +7,7 @@ Two mechanisms, one per trainable set:
   step is exactly the one the whole batch would give, without paying for padding.
 - full fine-tuning: Opacus ghost clipping (per-example gradient norms without materialising
   per-example gradients). Its loss must be the criterion Opacus returns: calling the model's
-  own loss instead would silently skip clipping, so only `_ghost_step` ever computes it.
+  own loss instead would silently skip clipping, so only `_ghost_backward` ever computes it.
 
 Accounting is not done here: the caller charges the ledger for (sigma, q, steps) before
 training, whatever happens during it.
@@ -15,6 +15,7 @@ training, whatever happens during it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ from tqdm import tqdm
 from common.batching import Encoded, collate
 
 MICRO_BATCH = 32  # sequences per forward/backward inside one Poisson batch
+
+# Frozen embeddings mean no input needs a gradient; PyTorch then warns about Opacus's full
+# backward hooks on every step. The per-example gradients are right (tests/test_privacy.py).
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -40,37 +45,49 @@ def _poisson_batches(n: int, q: float, steps: int, rng: np.random.Generator):
         yield np.flatnonzero(rng.random(n) < q)
 
 
-def _micro_batches(data: Encoded, idx: np.ndarray, size: int = MICRO_BATCH):
+def _micro_batches(data: Encoded, idx: np.ndarray, size: int | None = None):
+    size = size or MICRO_BATCH
     order = idx[np.argsort([len(data.ids[i]) for i in idx], kind="stable")]
     return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def make_private(model, lr: float, plan: DPStepPlan, expected_batch: int, ghost: bool):
+    """Opacus's per-example gradient module and DP optimizer around the model's trainable weights."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    base = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+    optimizer = optimizer_cls(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                              expected_batch_size=expected_batch, loss_reduction="mean")
+    return _wrap(model, plan.max_grad_norm, ghost), optimizer
+
+
+def backward_private(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: int, ghost: bool) -> float | None:
+    """Leave what optimizer.step() needs to take one clipped, noised step on the records `idx`;
+    returns their mean loss (None for an empty Poisson batch)."""
+    params = optimizer.params
+    if ghost:
+        return _ghost_backward(module, optimizer, data, idx, pad_id, params)
+    return _hooks_backward(module, data, idx, pad_id, params)
 
 
 def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int, seed: int,
              ghost: bool = False, desc: str = "dp-train") -> dict[str, float]:
     """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log)."""
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    expected = max(1, int(round(plan.sample_rate * len(data))))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    base = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
-    optimizer = optimizer_cls(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                              expected_batch_size=expected, loss_reduction="mean")
-    module = _wrap(model, plan.max_grad_norm, ghost)
+    expected = max(1, int(round(plan.sample_rate * len(data))))
+    module, optimizer = make_private(model, lr, plan, expected, ghost)
     losses: list[float] = []
     bar = tqdm(_poisson_batches(len(data), plan.sample_rate, plan.steps, rng), total=plan.steps,
                desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)
     try:
         for idx in bar:
             optimizer.zero_grad(set_to_none=True)
-            if ghost:
-                loss = _ghost_step(module, optimizer, data, idx, pad_id, params)
-            else:
-                loss = _hooks_step(module, data, idx, pad_id, params)
-            optimizer.step()  # clip (already done in ghost mode), add noise, average, update
+            loss = backward_private(module, optimizer, data, idx, pad_id, ghost)
+            optimizer.step()  # clip (ghost: already clipped), add noise, divide by expected batch, update
             if loss is not None:
                 losses.append(loss)
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
@@ -93,7 +110,7 @@ def _wrap(model, max_grad_norm: float, ghost: bool):
     return GradSampleModule(model, batch_first=True, loss_reduction="sum")
 
 
-def _hooks_step(module, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
+def _hooks_backward(module, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
     if len(idx) == 0:  # an empty Poisson batch still takes a (pure-noise) step
         for p in params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
@@ -116,7 +133,7 @@ def _hooks_step(module, data: Encoded, idx: np.ndarray, pad_id: int, params) -> 
     return total / len(idx)
 
 
-def _ghost_step(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
+def _ghost_backward(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
     from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
     if len(idx) == 0:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from common.errors import FedSiloError
 # embedded package or the Hugging Face cache. HF_HUB_OFFLINE=0 in the environment allows
 # downloads. (Must be set before huggingface_hub is imported.)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def resolve_model(name: str) -> str:
