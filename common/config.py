@@ -37,8 +37,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("labels", str, "", "Comma-separated label set, in the order of the class ids; every "
            "site maps its labels with it."),
     Option("rounds", int, 3, "Number of federated rounds.", minimum=1, maximum=10_000),
-    Option("min-sites", int, 2, "Sites that must be connected before a round starts, and the "
-           "least that must answer for it to count.", minimum=1, maximum=100_000),
+    Option("min-sites", int, 2, "Sites that must be connected before the first round starts; a "
+           "round then counts if at least one site returns an update.", minimum=1, maximum=100_000),
     Option("local-epochs", int, 1, "Passes over the site's training split per round.",
            minimum=1, maximum=1000),
     Option("batch-size", int, 64, "Local batch size; under DP the expected size of each "

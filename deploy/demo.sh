@@ -23,7 +23,7 @@ echo "== writing demo data (3 sites x 240 messages, 4 topics) to $work/data"
 fl-demo-data --out "$work/data" --sites 3 --per-site 240 >/dev/null
 
 echo "== starting the coordinator on 127.0.0.1:$port (run directory $run_dir)"
-fl-server --insecure --port "$port" --labels account,card,loan,transfer --rounds "$ROUNDS" \
+fl-server --insecure --port "$port" --labels account,card,loan,transfer --rounds "$ROUNDS" --local-epochs 3 \
   --min-sites 3 --run-dir "$run_dir" &
 server=$!
 pids+=("$server")

@@ -58,8 +58,7 @@ def run(grid: Grid, context: Context) -> None:
         "status": "ok" if strategy.completed_rounds else "failed",
     }
     summary["privacy"] = privacy_summary(strategy.site_privacy)
-    for line in summary["privacy"].values():
-        log(INFO, "%s", line)
+    run_dir.append_report_section("Privacy (what each site reported of itself)", list(summary["privacy"].values()))
     if strategy.completed_rounds:
         set_weights(model, strategy.global_weights)
         save_pretrained_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)

@@ -61,6 +61,12 @@ class RunDir:
         atomic_write_text(self.path / "report.txt", "\n".join(text))
         append_jsonl(self.path / "metrics.jsonl", record)
 
+    def append_report_section(self, title: str, lines: list[str]) -> None:
+        report = self.path / "report.txt"
+        before = report.read_text(encoding="utf-8") if report.exists() else ""
+        body = "\n".join(lines) if lines else "(no site trained)"
+        atomic_write_text(report, f"{before}\n== {title} ==\n{body}\n")
+
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
 

@@ -79,8 +79,8 @@ class FedSiloStrategy(FedAvg):
         self.round_record["fit_failures"] = [_failure_text(f) for f in failures]
         for text in self.round_record["fit_failures"]:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
-        if len(results) < self.cfg.min_sites:
-            reason = f"{len(results)} site(s) answered, {self.cfg.min_sites} needed"
+        if not results:  # sites that refused (budget) or failed are left out; one answer suffices
+            reason = "no site returned an update"
             self.failed_rounds[server_round] = reason
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, reason)
             return None, {}

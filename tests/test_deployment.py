@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
+from common.data import read_records
 from common.launch import free_port
 from tests.helpers import BIN, LABELS
 
@@ -17,34 +19,41 @@ def start(name, *args, log):
                             start_new_session=True)
 
 
-def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
+def run_federation(tmp_path, server_args, sites: dict[str, list]):
+    """Start fl-server, then one fl-client per site; wait for the server; stop everything."""
     port, run_dir = free_port(), tmp_path / "run"
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "A", "B")}
-    server = start("fl-server", "--insecure", "--port", port, "--labels", LABELS, "--model", tiny_model,
-                   "--rounds", 2, "--trainable", "full", "--learning-rate", 3e-3, "--local-epochs", 4,
-                   "--batch-size", 16, "--run-dir", run_dir, log=logs["server"])
-    sites = []
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", *sites)}
+    server = start("fl-server", "--insecure", "--port", port, "--run-dir", run_dir, *server_args,
+                   log=logs["server"])
+    clients = []
     try:
         deadline = time.monotonic() + 60
         while "waiting for" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
             assert server.poll() is None, (tmp_path / "server.log").read_text()
             time.sleep(0.5)
-        for name in ("A", "B"):
-            sites.append(start("fl-client", "--site", name, "--data", demo_dir / f"site-{name}.tsv",
-                               "--server", f"127.0.0.1:{port}", "--insecure", "--no-dp", log=logs[name]))
-        assert server.wait(timeout=600) == 0, (tmp_path / "server.log").read_text()[-4000:]
+        for name, args in sites.items():
+            clients.append(start("fl-client", "--site", name, "--server", f"127.0.0.1:{port}", "--insecure",
+                                 *args, log=logs[name]))
+        code = server.wait(timeout=600)
     finally:
-        for proc in [server, *sites]:
+        for proc in [server, *clients]:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [server, *sites]:
+        for proc in [server, *clients]:
             proc.wait(timeout=30)
         for fh in logs.values():
             fh.close()
+    return code, (tmp_path / "server.log").read_text(), run_dir
 
-    out = (tmp_path / "server.log").read_text()
+
+def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    code, out, run_dir = run_federation(
+        tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--trainable", "full",
+                   "--learning-rate", 3e-3, "--local-epochs", 4, "--batch-size", 16],
+        {name: ["--data", demo_dir / f"site-{name}.tsv", "--no-dp"] for name in ("A", "B")})
+    assert code == 0, out[-4000:]
     assert "round 2/2 | accuracy" in out and "sites A=" in out and "== site B ==" in out
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2] and sorted(rounds[-1]["fit"]) == ["A", "B"]
@@ -55,3 +64,32 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
     assert model.config.id2label[1] == "card"
     # Each site saw its own data only; the server's log names the sites and never their text.
     assert "declined at the shop" not in out
+
+
+def test_site_out_of_budget_is_refused_and_the_federation_goes_on(tiny_model, demo_dir, tmp_path):
+    # Site B already spent most of its budget on this dataset in an earlier run.
+    data_b = tmp_path / "site-B.tsv"
+    data_b.write_bytes((demo_dir / "site-B.tsv").read_bytes())
+    records = read_records(data_b)
+    PrivacyLedger(default_ledger_path(data_b), fingerprint(records), len(records), 1e-5, "prv").charge(
+        site="B", run_id="earlier", server_round=1, noise_multiplier=1.0, sample_rate=0.2, steps=20, budget=7.0)
+    ledger_before = default_ledger_path(data_b).read_text()
+
+    code, out, run_dir = run_federation(
+        tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--batch-size", 32],
+        {"A": ["--data", demo_dir / "site-A.tsv", "--ledger", tmp_path / "a-ledger.json"],
+         "B": ["--data", data_b, "--privacy-budget", 7.0, "--target-epsilon", 7.0]})
+    assert code == 0, out[-4000:]
+    assert "site B: privacy budget exhausted, 6.63 of 7.00 spent" in out
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r["fit"]) for r in rounds] == [["A"], ["A"]]  # B never trained, A carried on
+    assert all(r["status"] == "ok" for r in rounds)
+    eps_a = [r["fit"]["A"]["epsilon"] for r in rounds]
+    assert 0 < eps_a[0] < eps_a[1] <= 8.0
+    assert f"epsilon A={eps_a[1]:.2f}" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["privacy"]["A"].startswith("site A: record-level (")
+    assert "accounted with the Opacus PRV accountant" in summary["privacy"]["A"]
+    # B's ledger is unchanged by the refusal; A's records both rounds.
+    assert default_ledger_path(data_b).read_text() == ledger_before
+    assert [e["round"] for e in json.loads((tmp_path / "a-ledger.json").read_text())["entries"]] == [1, 2]

@@ -1,0 +1,118 @@
+"""Local training speed and memory on the embedded MiniLM: non-private vs DP, LoRA vs full.
+
+Each configuration runs in its own process (so peak memory is its own): one warm-up step, then
+the median of --steps timed steps of batch --batch at exactly T tokens per text. The steps are
+FedSilo's own: AdamW on cross-entropy without DP; make_private + backward_private + step with DP.
+
+    python bench/dp_speed.py [--steps 4] [--out bench/results/dp_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = [  # (name, trainable, dp, ghost)
+    ("non-private LoRA", "lora", False, False),
+    ("DP LoRA (hooks)", "lora", True, False),
+    ("non-private full", "full", False, False),
+    ("DP full (hooks)", "full", True, False),
+    ("DP full (ghost)", "full", True, True),
+]
+
+
+def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: int) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from client.private_train import DPStepPlan, backward_private, make_private
+    from common.batching import Encoded, collate
+    from common.config import RunConfig
+    from common.model import build_model, load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = RunConfig.from_dict({"labels": "a,b", "trainable": trainable})
+    model, tok = build_model(cfg), load_tokenizer("")
+    rng = np.random.default_rng(0)
+    ids = [[tok.cls_token_id, *rng.integers(1000, 20000, length - 2).tolist(), tok.sep_token_id] for _ in range(batch)]
+    data = Encoded(ids, rng.integers(0, 2, batch))
+    idx = np.arange(batch)
+    if dp:
+        module, optimizer = make_private(model, 1e-3, DPStepPlan(1.0, 0.1, 1, 1.0), batch, ghost)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            backward_private(module, optimizer, data, idx, tok.pad_token_id, ghost)
+            optimizer.step()
+    else:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+        def step():
+            b = collate(data, idx, tok.pad_token_id)
+            labels = b.pop("labels")
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(**b).logits, labels).backward()
+            optimizer.step()
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"samples_per_s": round(batch / med, 2), "step_s": round(med, 3),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lengths", default="64,128")
+    p.add_argument("--out", default="bench/results/dp_speed.json")
+    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        trainable, dp, ghost, length, batch, steps = args.child
+        print(json.dumps(one(trainable, dp == "1", ghost == "1", int(length), int(batch), int(steps))))
+        return 0
+    rows = []
+    for length in map(int, args.lengths.split(",")):
+        for name, trainable, dp, ghost in CONFIGS:
+            out = subprocess.run([sys.executable, __file__, "--child", trainable, str(int(dp)), str(int(ghost)),
+                                  str(length), str(args.batch), str(args.steps)],
+                                 capture_output=True, text=True, check=True)
+            row = {"config": name, "tokens": length, "batch": args.batch, **json.loads(out.stdout.splitlines()[-1])}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {"benchmark": "dp_speed", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+              "commit": commit, "model": "all-MiniLM-L6-v2 (embedded)", "steps": args.steps, "rows": rows}
+    by = {(r["config"], r["tokens"]): r["samples_per_s"] for r in rows}
+    result["ratios"] = {
+        f"T={t}": {"dp_lora_vs_lora": round(by[("DP LoRA (hooks)", t)] / by[("non-private LoRA", t)], 3),
+                   "dp_ghost_full_vs_full": round(by[("DP full (ghost)", t)] / by[("non-private full", t)], 3)}
+        for t in map(int, args.lengths.split(","))}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    md = ["| config | T=" + " | T=".join(args.lengths.split(",")) + " |", "|---|" + "---|" * len(args.lengths.split(","))]
+    for name, *_ in CONFIGS:
+        cells = [next(f"{r['samples_per_s']} /s, {r['peak_rss_gb']} GB" for r in rows if r["config"] == name and r["tokens"] == t)
+                 for t in map(int, args.lengths.split(","))]
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n\n" + json.dumps(result["ratios"]) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
