@@ -12,9 +12,11 @@ import sys
 
 from flwr.app import Context, Message
 from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Error
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGGPLUS_CONFIGS
 
 from client.ledger import PrivacyLedger, fingerprint
 from client.private_train import DPStepPlan, train_dp
@@ -106,4 +108,12 @@ def site_errors_mod(msg: Message, context: Context, call_next) -> Message:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
 
 
-app = ClientApp(client_fn=client_fn, mods=[site_errors_mod])
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """Mask the update with Flower's SecAgg+ when the server runs it; plain rounds pass through
+    (Flower's secaggplus_mod alone fails on them)."""
+    if SECAGGPLUS_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(client_fn=client_fn, mods=[site_errors_mod, secure_aggregation_mod])

@@ -1,46 +1,57 @@
 """fl-client: run a site. Starts Flower's SuperNode next to the site's data.
 
-The data file is checked here first, so a broken file fails on the operator's terminal and
-not inside a training round. The SuperNode then connects out to the coordinator; the
-FedSilo ClientApp it runs reads the file locally and sends back only model deltas and
-aggregate evaluation counts.
+The data file, the privacy ledger and the site kit are checked here first, so a broken
+file fails on the operator's terminal and not inside a training round. The SuperNode then
+connects out to the coordinator over TLS, authenticated with the site's enrolled key, and runs
+only the FedSilo app installed here (client/app_guard.py). The ClientApp reads the file
+locally and sends back only model deltas and aggregate evaluation counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from client.app_guard import APPROVED_ENV, installed_app_hash, write_shim
+from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
+from common.launch import flower_env, flower_script, free_port, require_loopback, split_address, stop
 from common.privacy import SitePrivacy, add_privacy_options, privacy_from_args
-from common.launch import (
-    flower_env,
-    flower_script,
-    free_port,
-    require_loopback,
-    split_address,
-    stop,
-)
 
-DESCRIPTION = """Join a FedSilo federation as site NAME with the labelled records in --data
-(.csv, .tsv or .jsonl with a text and a label column). Raw text never leaves this machine:
-the site trains locally and sends model updates and evaluation counts only."""
+DESCRIPTION = """Join a FedSilo federation with the labelled records in --data (.csv, .tsv or
+.jsonl with a text and a label column). With --kit (from the coordinator's `fl-server enroll`)
+the site connects over TLS with its enrolled key; --insecure is plaintext to 127.0.0.1 only.
+Raw text never leaves this machine: the site trains locally and sends model updates and
+evaluation counts only."""
+
+# SuperNode log lines that end a connection attempt for good, and what they mean to an operator.
+FATAL = (
+    ("code: 2004", "this site's key is not enrolled in the federation (ask the coordinator to run "
+                   "fl-server enroll, and use the kit it writes)"),
+    ("code: 2001", "the server requires an enrolled site key; start with --kit"),
+    ("CERTIFICATE_VERIFY_FAILED", "the server's certificate is not signed by the CA in this kit"),
+    ("certificate verify failed", "the server's certificate is not signed by the CA in this kit"),
+    ("Giving up reconnection", None),  # filled in with the address below
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fl-client", description=DESCRIPTION)
-    p.add_argument("--site", required=True, metavar="NAME", help="this site's name, as shown in reports")
+    p.add_argument("--kit", metavar="DIR", help="site kit from the coordinator (CA, site key, server address)")
+    p.add_argument("--site", metavar="NAME", help="this site's name (taken from the kit when given)")
     p.add_argument("--data", required=True, metavar="FILE", help="the site's labelled data file")
-    p.add_argument("--server", default="127.0.0.1:9092", metavar="HOST:PORT",
-                   help="the coordinator's SuperLink address [default: 127.0.0.1:9092]")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="the coordinator's address [default: the kit's, or 127.0.0.1:9092 with --insecure]")
     p.add_argument("--insecure", action="store_true",
-                   help="plaintext connection without TLS; only allowed to a loopback address")
+                   help="plaintext connection without TLS or site key; only allowed to a loopback address")
     p.add_argument("--text-column", default="text", help="name of the text column [default: text]")
     p.add_argument("--label-column", default="label", help="name of the label column [default: label]")
     p.add_argument("--port", type=int, default=0,
@@ -53,47 +64,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def connection(args) -> tuple[str, str, list[str]]:
+    """(site name, server address, SuperNode TLS/auth arguments) from the kit or --insecure."""
+    if args.kit and args.insecure:
+        raise FedSiloError("--kit and --insecure exclude each other")
+    if args.kit:
+        kit = load_kit(args.kit)
+        if args.site and args.site != kit["site"]:
+            raise FedSiloError(f"--site {args.site} does not match the kit's site {kit['site']}")
+        server = args.server or kit["server"]
+        split_address(server)
+        return kit["site"], server, ["--root-certificates", str(kit["ca"]),
+                                     "--auth-supernode-private-key", str(kit["key"])]
+    if not args.insecure:
+        raise FedSiloError("give --kit DIR (TLS, enrolled site) or --insecure (plaintext, 127.0.0.1 only)")
+    if not args.site:
+        raise FedSiloError("--site NAME is required with --insecure")
+    if not args.site.strip() or any(c in args.site for c in "\"'\\= \t\n"):
+        raise FedSiloError(f"--site {args.site!r}: use letters, digits, '-' or '_'")
+    server = args.server or "127.0.0.1:9092"
+    host, _ = split_address(server)
+    require_loopback(host, "--insecure")
+    return args.site, server, ["--insecure"]
+
+
 @cli_entry("fl-client")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.site.strip() or any(c in args.site for c in "\"'\\= \t\n"):
-        raise FedSiloError(f"--site {args.site!r}: use letters, digits, '-' or '_'")
-    host, _port = split_address(args.server)
-    if not args.insecure:
-        raise FedSiloError("TLS is not set up yet: pass --insecure to connect plaintext to 127.0.0.1")
-    require_loopback(host, "--insecure")
+    site, server, tls_args = connection(args)
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
     privacy = privacy_from_args(args)
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
-    print(f"fl-client: site {args.site}: {len(records)} records in {data}", flush=True)
+    print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
     print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
 
     node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
-        "site": args.site, "data-path": str(data), "ledger": str(ledger),
+        "site": site, "data-path": str(data), "ledger": str(ledger),
         "text-column": args.text_column, "label-column": args.label_column,
         **privacy.to_node_config()}.items())
-    port = args.port or free_port()
-    supernode = subprocess.Popen(
-        [flower_script("flower-supernode"), "--insecure", "--superlink", args.server,
-         "--node-config", node_config, "--port", str(port), "--max-wait-time", str(args.max_wait)],
-        env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, errors="replace", start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
+        env = flower_env()
+        env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
+        env[APPROVED_ENV] = installed_app_hash()
+        print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
+              f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
+        return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
+                                         "--port", str(args.port or free_port()),
+                                         "--max-wait-time", str(args.max_wait)], env, server, args.max_wait)
+
+
+def run_supernode(args: list[str], env: dict, server: str, max_wait: float) -> int:
+    supernode = subprocess.Popen([flower_script("flower-supernode"), *args], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                 errors="replace", start_new_session=True)
     # Stop the SuperNode (and the ClientApp it runs) however this process is asked to end.
     signal.signal(signal.SIGTERM, _interrupt)
-    gave_up = False
+    fatal = None
     try:
         for line in supernode.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
-            # Flower's SuperNode logs that it gives up but keeps running: end it ourselves.
-            if "Giving up reconnection" in line:
-                gave_up = True
+            # Flower's SuperNode logs some fatal conditions but keeps running: end it ourselves.
+            for marker, meaning in FATAL:
+                if marker in line:
+                    fatal = meaning or f"cannot reach the server at {server} (gave up after {max_wait:.0f}s)"
+            if fatal:
                 break
     finally:
         stop(supernode)
-    if gave_up:
-        raise FedSiloError(f"cannot reach the server at {args.server} (gave up after {args.max_wait:.0f}s)")
+    if fatal:
+        raise FedSiloError(fatal)
     if supernode.returncode not in (0, -signal.SIGTERM):
         raise FedSiloError(f"the SuperNode stopped with exit code {supernode.returncode}")
     return 0

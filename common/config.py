@@ -58,6 +58,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
            minimum=0, maximum=2**31 - 1),
     Option("text-column", str, "text", "Name of the text column in the site's data file."),
     Option("label-column", str, "label", "Name of the label column in the site's data file."),
+    Option("secure-aggregation", bool, True, "Secure aggregation (Flower's SecAgg+): the server "
+           "learns only the sum of the sites' updates."),
+    Option("secagg-threshold", int, 2, "SecAgg+: sites whose key shares must survive for a round "
+           "to be unmasked; fewer left means the round fails.", minimum=2, maximum=100_000),
+    Option("round-timeout", float, 600.0, "SecAgg+: seconds to wait for the sites at each stage of "
+           "a round.", minimum=1.0, maximum=86_400.0),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
     Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
            choices=("iid", "dirichlet")),
@@ -114,6 +120,9 @@ class RunConfig:
     seed: int = 42
     text_column: str = "text"
     label_column: str = "label"
+    secure_aggregation: bool = True
+    secagg_threshold: int = 2
+    round_timeout: float = 600.0
     sim_data: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -142,6 +151,9 @@ class RunConfig:
             raise FedSiloError("labels: the label set has duplicates")
         if not values["lora_targets"]:
             raise FedSiloError("lora-targets: give at least one module name")
+        if values["secure_aggregation"] and values["min_sites"] < values["secagg_threshold"]:
+            raise FedSiloError(f"secure aggregation needs min-sites >= secagg-threshold "
+                               f"({values['secagg_threshold']}); got min-sites {values['min_sites']}")
         return cls(**values)
 
     def require_labels(self) -> None:
@@ -186,6 +198,10 @@ def add_run_options(parser: argparse.ArgumentParser, keys: list[str] | None = No
         if keys is not None and opt.key not in keys:
             continue
         default = opt.default if opt.default != "" else "(none)"
+        if opt.type is bool:  # --key / --no-key
+            group.add_argument(f"--{opt.key}", dest=_attr(opt.key), action=argparse.BooleanOptionalAction,
+                               default=None, help=f"{opt.help} [default: {'on' if opt.default else 'off'}]")
+            continue
         group.add_argument(f"--{opt.key}", dest=_attr(opt.key), type=opt.type, default=None,
                            metavar=opt.type.__name__.upper(), choices=opt.choices or None,
                            help=f"{opt.help} [default: {default}]")

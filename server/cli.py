@@ -1,12 +1,22 @@
-"""fl-server: start Flower's SuperLink for the federation and run FedSilo on it.
+"""fl-server: provision a federation and coordinate its runs.
 
-The SuperLink's state lives in the run directory (superlink.db); the FedSilo ServerApp is
-submitted with `flwr run`, and its round lines and final report are shown here.
+    fl-server init   --dir FED --host NAME_OR_IP [--port 9092]   CA, server certificate, keys
+    fl-server enroll --dir FED --site A [--public-key A.pub]      a site's key and kit
+    fl-server [run]  --federation FED --labels ...                 TLS, enrolled sites, SecAgg+
+    fl-server [run]  --insecure --labels ...                       plaintext on 127.0.0.1 only
+
+A run starts Flower's SuperLink on 127.0.0.1 only (its Control API must never face sites),
+registers every enrolled site's key with it, opens the gateway (server/gateway.py) on the
+public address for the Fleet API alone, submits the FedSilo app with `flwr run`, and shows the
+round lines and the final report. Everything is written to --run-dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,64 +25,171 @@ from common.errors import FedSiloError, cli_entry
 from common.launch import (
     flower_env,
     flower_script,
+    free_port,
     require_loopback,
     require_port_free,
     spawn,
+    split_address,
     stop,
     wait_for_port,
+    write_flwr_home,
 )
 from common.model import check_model
+from server.federation import Federation
 from server.run_dir import RunDir
 from server.submit import finish, submit_and_stream
 
-DESCRIPTION = """Coordinate a FedSilo federation. Starts Flower's SuperLink on HOST:PORT, waits
-for --min-sites sites (started with fl-client), runs --rounds rounds of local training and
-federated averaging, prints one line per round and the final classification report, and
-writes everything to --run-dir."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-server", description=DESCRIPTION)
-    p.add_argument("--host", default="127.0.0.1", help="address the SuperLink listens on [default: 127.0.0.1]")
-    p.add_argument("--port", type=int, default=9092, help="port for sites (Fleet API) [default: 9092]")
-    p.add_argument("--insecure", action="store_true",
-                   help="plaintext gRPC/HTTP without TLS; only allowed on a loopback address")
-    p.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
-    add_run_options(p, keys=list(_RUN_KEYS))
-    return p
-
+COMMANDS = ("init", "enroll", "run")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
              "learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
-             "seed", "text-column", "label-column")
+             "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold",
+             "round-timeout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fl-server", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", metavar="{init,enroll,run}")
+
+    init = sub.add_parser("init", help="create a federation folder: CA, server certificate, server key")
+    init.add_argument("--dir", required=True, help="federation folder to create")
+    init.add_argument("--host", action="append", required=True,
+                      help="host name or IP address sites use to reach the server (repeatable; the first "
+                           "goes into site kits)")
+    init.add_argument("--port", type=int, default=9092, help="port sites connect to [default: 9092]")
+
+    enroll = sub.add_parser("enroll", help="enroll a site: its key pair and a kit to hand over")
+    enroll.add_argument("--dir", required=True, help="the federation folder")
+    enroll.add_argument("--site", required=True, help="the site's name")
+    enroll.add_argument("--public-key", help="import the site's own OpenSSH public key instead of "
+                                             "generating a key pair (the site keeps its private key)")
+
+    run = sub.add_parser("run", help="run the federation (the default command)")
+    run.add_argument("--federation", metavar="DIR", help="federation folder (TLS and enrolled sites)")
+    run.add_argument("--insecure", action="store_true",
+                     help="plaintext without TLS or site keys; only on a loopback address")
+    run.add_argument("--host", help="address the gateway listens on [default: the federation's, or 127.0.0.1]")
+    run.add_argument("--port", type=int, help="port sites connect to [default: the federation's, or 9092]")
+    run.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
+    add_run_options(run, keys=list(_RUN_KEYS))
+    return p
 
 
 @cli_entry("fl-server")
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["run", *argv]
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        fed = Federation(args.dir)
+        fed.init(args.host, args.port)
+        print(f"fl-server: federation created in {fed.path} (sites connect to {fed.meta()['address']}); "
+              f"enroll sites with: fl-server enroll --dir {fed.path} --site NAME")
+        return 0
+    if args.command == "enroll":
+        kit = Federation(args.dir).enroll(args.site, Path(args.public_key) if args.public_key else None)
+        print(f"fl-server: site {args.site} enrolled; hand {kit} to the site "
+              f"(it starts with: fl-client --kit {kit} --data FILE)")
+        return 0
+    return run(args)
+
+
+def run(args) -> int:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     cfg = run_config_from_args(args, **{"run-dir": str(run_dir)})
     cfg.require_labels()
-    if not args.insecure:
-        raise FedSiloError("TLS is not set up yet: pass --insecure to run plaintext on 127.0.0.1")
-    require_loopback(args.host, "--insecure")
-    require_port_free(args.host, args.port)
+    if args.federation and args.insecure:
+        raise FedSiloError("--federation and --insecure exclude each other")
+    if not args.federation and not args.insecure:
+        raise FedSiloError("give --federation DIR (TLS, enrolled sites; see fl-server init) or --insecure "
+                           "(plaintext on 127.0.0.1 only)")
+    fed, meta = None, {}
+    if args.federation:
+        fed = Federation(args.federation)
+        meta = fed.check()
+        if not fed.enrolled():
+            raise FedSiloError(f"no site is enrolled in {fed.path} (fl-server enroll --dir {fed.path} --site NAME)")
+    default_host, default_port = split_address(meta.get("address", "127.0.0.1:9092"))
+    host, port = args.host or default_host, args.port or default_port
+    if args.insecure:
+        require_loopback(host, "--insecure")
+    require_port_free(host, port)
     check_model(cfg.model)
     rd = RunDir(run_dir)
-    address = f"{args.host}:{args.port}"
-    log_path = rd.path / "logs" / "superlink.log"
-    log_path.parent.mkdir(exist_ok=True)
-    superlink = spawn([flower_script("flower-superlink"), "--insecure", "--host", args.host,
-                       "--port", str(args.port), "--database", str(rd.path / "superlink.db"),
-                       "--disable-runtime-dependency-installation"],
-                      flower_env(rd.path / ".flwr"), log_path)
-    try:
-        wait_for_port(args.host, args.port, superlink, 60, "the SuperLink", log_path)
-        print(f"fl-server: SuperLink on {address}; run directory {rd.path}", flush=True)
-        print(f"fl-server: waiting for {cfg.min_sites} site(s): fl-client --site NAME --data FILE "
-              f"--server {address} --insecure", flush=True)
-        summary = submit_and_stream(cfg, rd.path, address, insecure=True, verbose=args.verbose)
-    finally:
-        stop(superlink)
+    with Coordinator(rd, fed, host, port) as coordinator:
+        print(f"fl-server: sites connect to {host}:{port} ({'TLS' if fed else 'plaintext'}); run directory {rd.path}",
+              flush=True)
+        hint = "fl-client --kit KIT --data FILE" if fed else f"fl-client --site NAME --data FILE --server {host}:{port} --insecure"
+        print(f"fl-server: waiting for {cfg.min_sites} site(s): {hint}", flush=True)
+        summary = submit_and_stream(cfg, rd.path, coordinator.control_address, insecure=fed is None,
+                                    root_cert=str(fed.ca) if fed else None, verbose=args.verbose)
     return finish(summary, rd.path)
+
+
+class Coordinator:
+    """SuperLink on loopback (+ the gateway and the enrolled keys, with TLS); stopped on exit."""
+
+    def __init__(self, rd: RunDir, fed: Federation | None, host: str, port: int):
+        self.rd, self.fed, self.host, self.port = rd, fed, host, port
+        self.procs: list[subprocess.Popen] = []
+        self.control_address = ""
+
+    def __enter__(self) -> "Coordinator":
+        logs = self.rd.path / "logs"
+        logs.mkdir(exist_ok=True)
+        env = flower_env(self.rd.path / ".flwr")
+        try:
+            if self.fed is None:
+                self._superlink(["--insecure"], self.host, self.port, env, logs)
+            else:
+                inner = free_port()
+                fed = self.fed
+                self._superlink(["--ssl-ca-certfile", str(fed.ca), "--ssl-certfile", str(fed.server_cert),
+                                 "--ssl-keyfile", str(fed.server_key), "--enable-supernode-auth"],
+                                "127.0.0.1", inner, env, logs)
+                self._register_sites()
+                gateway = spawn([sys.executable, "-m", "server.gateway", "--listen", f"{self.host}:{self.port}",
+                                 "--upstream", f"127.0.0.1:{inner}", "--cert", str(fed.server_cert),
+                                 "--key", str(fed.server_key), "--ca", str(fed.ca)], env, logs / "gateway.log")
+                self.procs.append(gateway)
+                wait_for_port(self.host, self.port, gateway, 30, "the gateway", logs / "gateway.log")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _superlink(self, tls: list[str], host: str, port: int, env: dict, logs: Path) -> None:
+        proc = spawn([flower_script("flower-superlink"), *tls, "--host", host, "--port", str(port),
+                      "--database", str(self.rd.path / "superlink.db"),
+                      "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
+        self.procs.append(proc)
+        wait_for_port(host, port, proc, 60, "the SuperLink", logs / "superlink.log")
+        self.control_address = f"{host}:{port}"
+
+    def _register_sites(self) -> None:
+        """Register every enrolled key over the loopback Control API; remember node id -> site."""
+        home = self.rd.path / ".flwr"
+        write_flwr_home(home, self.control_address, insecure=False, root_cert=str(self.fed.ca))
+        names = {}
+        for site, pub in self.fed.enrolled().items():
+            out = subprocess.run([flower_script("flwr"), "supernode", "register", str(pub), "fedsilo",
+                                  "--name", site, "--format", "json"], env=flower_env(home),
+                                 capture_output=True, text=True)
+            try:
+                reply = json.loads(out.stdout)
+            except json.JSONDecodeError:
+                reply = {}
+            if "node-id" in reply or "node_id" in reply:
+                names[str(reply.get("node-id", reply.get("node_id")))] = site
+            elif "already" not in (out.stdout + out.stderr).lower():
+                raise FedSiloError(f"cannot register site {site}'s key with the SuperLink: "
+                                   f"{(out.stdout + out.stderr).strip().splitlines()[-1:]}")
+        (self.rd.path / "sites.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)

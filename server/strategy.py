@@ -57,15 +57,26 @@ class FedSiloStrategy(FedAvg):
         self.completed_rounds: list[int] = []
         self.failed_rounds: dict[int, str] = {}
         self.site_privacy: dict[str, dict] = {}  # latest privacy report of each site
+        self._fit_started: list[int] = []
         self.round_record: dict = {}
         self._round_start = time.monotonic()
 
     # ------------------------------------------------------------------ training
     def configure_fit(self, server_round, parameters, client_manager):
+        self.close_rounds()
         self._round_start = time.monotonic()
         self.round_record = {"round": server_round}
+        self._fit_started.append(server_round)
         return super().configure_fit(server_round, parameters, client_manager)
 
+    def close_rounds(self) -> None:
+        """A round that started but never reached aggregate_fit failed: Flower's SecAgg+ halts
+        silently (and exits 0) when too few sites remain to unmask the sum."""
+        for rnd in self._fit_started:
+            if rnd not in self.completed_rounds and rnd not in self.failed_rounds:
+                self.failed_rounds[rnd] = ("secure aggregation halted: fewer than secagg-threshold="
+                                           f"{self.cfg.secagg_threshold} sites remained; the global model is unchanged")
+                log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures) -> tuple[Parameters | None, dict[str, Scalar]]:
         sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res in results}
@@ -108,6 +119,7 @@ class FedSiloStrategy(FedAvg):
             total += confusion
         overall = report_dict(total, self.cfg.labels)
         sites = {name: report_dict(c, self.cfg.labels) for name, c in sorted(per_site.items())}
+        self.close_rounds()
         record = self.round_record if self.round_record.get("round") == server_round else {"round": server_round}
         record.update({
             "accuracy": overall["accuracy"],

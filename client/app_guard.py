@@ -1,0 +1,58 @@
+"""Run only the FedSilo app this site has installed.
+
+Flower's SuperNode starts `flwr-clientapp` by bare name for every message, and that process
+installs and runs whatever app bundle (FAB) the server's run carries. fl-client puts a
+`flwr-clientapp` of its own first on the SuperNode's PATH: it checks the bundle's SHA-256
+against the bundle the site builds from its own installed FedSilo (byte-identical builds:
+Flower fixes every zip timestamp) and refuses anything else before a line of it is unpacked.
+The refusal reaches the server as the site's error reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+from pathlib import Path
+
+from common.errors import FedSiloError
+
+APPROVED_ENV = "FEDSILO_APPROVED_APP_SHA256"
+
+
+def installed_app_hash() -> str:
+    """SHA-256 of the app bundle Flower builds from this installation's FedSilo source."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from common.launch import app_dir
+
+    return hashlib.sha256(build_fab_from_disk(app_dir())).hexdigest()
+
+
+def write_shim(bin_dir: Path) -> Path:
+    """An executable `flwr-clientapp` that runs `main()` below with this Python."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "flwr-clientapp"
+    shim.write_text(f"#!{sys.executable}\nfrom client.app_guard import main\nmain()\n", encoding="utf-8")
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return shim
+
+
+def main() -> None:
+    import flwr.supernode.runtime.run_clientapp as runtime
+    from flwr.supernode.cli import flwr_clientapp
+
+    approved = {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
+    install = runtime.install_from_fab
+
+    def install_if_approved(fab_content: bytes, *args, **kwargs):
+        digest = hashlib.sha256(fab_content).hexdigest()
+        if digest not in approved:
+            raise FedSiloError(f"app not approved by this site: bundle sha256 {digest[:16]}... is not the "
+                               "FedSilo app installed here")
+        return install(fab_content, *args, **kwargs)
+
+    runtime.install_from_fab = install_if_approved
+    sys.argv[0] = "flwr-clientapp"
+    sys.exit(flwr_clientapp())

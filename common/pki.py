@@ -1,0 +1,118 @@
+"""The federation's keys and certificates, made with the `cryptography` package.
+
+A federation has its own certificate authority (CA). The coordinator's TLS certificate is
+signed by it for the host names and addresses sites connect to; sites trust only that CA.
+Each site gets a NIST P-256 key pair in OpenSSH format (what Flower's node authentication
+expects); the coordinator registers the public key with the SuperLink, and a node that
+presents any other key is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.errors import FedSiloError
+
+VALID_DAYS = 365
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_ca(directory: Path, name: str = "FedSilo federation CA") -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _pem_key(key))
+    return cert_path, key_path
+
+
+def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path, hosts: list[str],
+                     days: int = VALID_DAYS) -> tuple[Path, Path]:
+    """A TLS server certificate for every host name / IP address in `hosts` (subject alt names)."""
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(signer, hashes.SHA256()))
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _pem_key(key))
+    return cert_path, key_path
+
+
+def make_node_key(private_path: Path) -> Path:
+    """A P-256 key pair in OpenSSH format (Flower's node authentication); returns the .pub path."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_private(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
+    pub = private_path.with_name(private_path.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH) + b"\n")
+    return pub
+
+
+def check_node_key(path: Path) -> None:
+    """A site's private key must be a readable OpenSSH NIST EC key; say so in one line if not."""
+    try:
+        key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise FedSiloError(f"site key {path} not found") from None
+    except (OSError, ValueError, TypeError) as err:
+        raise FedSiloError(f"site key {path} is not a usable OpenSSH private key ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FedSiloError(f"site key {path} must be a NIST EC (P-256/P-384) key")
+
+
+def check_certificate(path: Path, what: str) -> x509.Certificate:
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise FedSiloError(f"{what} {path} not found") from None
+    except (OSError, ValueError) as err:
+        raise FedSiloError(f"{what} {path} is not a PEM certificate ({err})") from None
+    now = dt.datetime.now(dt.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        raise FedSiloError(f"{what} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if cert.not_valid_before_utc > now:
+        raise FedSiloError(f"{what} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
+    return cert
