@@ -37,8 +37,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("labels", str, "", "Comma-separated label set, in the order of the class ids; every "
            "site maps its labels with it."),
     Option("rounds", int, 3, "Number of federated rounds.", minimum=1, maximum=10_000),
-    Option("min-sites", int, 2, "Sites that must be connected before the first round starts; a "
-           "round then counts if at least one site returns an update.", minimum=1, maximum=100_000),
+    Option("min-sites", int, 2, "Sites that must be connected before the first round starts "
+           "(waiting at most round-timeout); a round then counts if at least one site returns an "
+           "update (SecAgg+: at least secagg-threshold).", minimum=1, maximum=100_000),
     Option("local-epochs", int, 1, "Passes over the site's training split per round.",
            minimum=1, maximum=1000),
     Option("batch-size", int, 64, "Local batch size; under DP the expected size of each "
@@ -62,8 +63,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "learns only the sum of the sites' updates."),
     Option("secagg-threshold", int, 2, "SecAgg+: sites whose key shares must survive for a round "
            "to be unmasked; fewer left means the round fails.", minimum=2, maximum=100_000),
-    Option("round-timeout", float, 600.0, "SecAgg+: seconds to wait for the sites at each stage of "
-           "a round.", minimum=1.0, maximum=86_400.0),
+    Option("round-timeout", float, 600.0, "Seconds to wait for enough sites to connect before a "
+           "round, and (SecAgg+) for the sites at each stage of a round.", minimum=1.0, maximum=86_400.0),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
     Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
            choices=("iid", "dirichlet")),

@@ -44,9 +44,10 @@ class FedSiloStrategy(FedAvg):
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=1.0,
-            min_fit_clients=cfg.min_sites,
-            min_evaluate_clients=cfg.min_sites,
-            min_available_clients=cfg.min_sites,
+            # FedAvg would wait up to a day for these; configure_fit waits round-timeout instead.
+            min_fit_clients=1,
+            min_evaluate_clients=1,
+            min_available_clients=1,
             initial_parameters=ndarrays_to_parameters(initial),
             on_fit_config_fn=lambda rnd: {"server-round": rnd},
             on_evaluate_config_fn=lambda rnd: {"server-round": rnd},
@@ -67,6 +68,14 @@ class FedSiloStrategy(FedAvg):
         self._round_start = time.monotonic()
         self.round_record = {"round": server_round}
         self._fit_started.append(server_round)
+        needed = self.cfg.min_sites if server_round == 1 else 1
+        if self.cfg.secure_aggregation:
+            needed = max(needed, self.cfg.secagg_threshold)
+        if not client_manager.wait_for(needed, timeout=int(self.cfg.round_timeout)):
+            self.failed_rounds[server_round] = (f"only {client_manager.num_available()} of {needed} sites "
+                                                f"connected after {self.cfg.round_timeout:.0f}s (round-timeout)")
+            log(WARNING, "round %d failed: %s", server_round, self.failed_rounds[server_round])
+            return []
         return super().configure_fit(server_round, parameters, client_manager)
 
     def close_rounds(self) -> None:

@@ -27,3 +27,43 @@ def assert_clean_error(proc: subprocess.CompletedProcess, fragment: str) -> None
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert fragment.lower() in lines[0].lower(), lines[0]
+
+
+def start(name: str, *args, log) -> subprocess.Popen:
+    """Start a console script in its own process group, output to the open file `log`."""
+    return subprocess.Popen([str(BIN / name), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen | None = None, timeout: float = 120,
+                  count: int = 1) -> str:
+    """Wait until `text` appears `count` times in the file at `path` (failing early if `proc` exits)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if content.count(text) >= count:
+            return content
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {text!r}:\n{content[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not seen in {path} within {timeout}s")
+
+
+def stop_all(*procs: subprocess.Popen) -> None:
+    import os
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,22 +1,15 @@
 """fl-server + fl-client on Flower's deployment engine: a real SuperLink and SuperNodes on 127.0.0.1."""
 
 import json
-import subprocess
-import time
 
 import pytest
 
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from common.data import read_records
 from common.launch import free_port
-from tests.helpers import BIN, LABELS
+from tests.helpers import LABELS, start, stop_all, wait_for_text
 
 pytestmark = pytest.mark.slow
-
-
-def start(name, *args, log):
-    return subprocess.Popen([str(BIN / name), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
 
 
 def run_federation(tmp_path, server_args, sites: dict[str, list]):
@@ -27,20 +20,13 @@ def run_federation(tmp_path, server_args, sites: dict[str, list]):
                    log=logs["server"])
     clients = []
     try:
-        deadline = time.monotonic() + 60
-        while "waiting for" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
+        wait_for_text(tmp_path / "server.log", "waiting for", server, timeout=60)
         for name, args in sites.items():
             clients.append(start("fl-client", "--site", name, "--server", f"127.0.0.1:{port}", "--insecure",
                                  *args, log=logs[name]))
         code = server.wait(timeout=600)
     finally:
-        for proc in [server, *clients]:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in [server, *clients]:
-            proc.wait(timeout=30)
+        stop_all(server, *clients)
         for fh in logs.values():
             fh.close()
     return code, (tmp_path / "server.log").read_text(), run_dir
