@@ -164,7 +164,7 @@ def round_line(record: dict, rounds: int) -> str:
     no_dp = [n for n, f in fit.items() if not f.get("dp")]
     if no_dp:
         parts.append("NO DP at " + ",".join(no_dp))
-    for text in record.get("fit_failures", []):
+    for text in dict.fromkeys(record.get("fit_failures", [])):
         parts.append(f"not trained: {text}")
     parts.append(f"{record['seconds']:.1f}s")
     return " | ".join(parts)
