@@ -18,14 +18,15 @@ from flwr.common import Error
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGGPLUS_CONFIGS
 
-from client.ledger import PrivacyLedger, fingerprint
+from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
 from client.private_train import DPStepPlan, train_dp
 from client.site import site_data
 from client.train import evaluate_local, train_local
 from common.batching import encode
 from common.config import RunConfig
 from common.errors import FedSiloError
-from common.model import build_model, get_weights, load_tokenizer, set_weights
+from common.audit import AuditLog, generate_key
+from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
 from common.privacy import calibrate_noise, sample_rate, steps_per_round
 
 
@@ -39,9 +40,23 @@ class SiteClient(NumPyClient):
         self.model = build_model(self.cfg)
         self.run_id = str(context.run_id)
 
+    def audit(self, kind: str, data: dict) -> None:
+        """Append to the site's own signed audit trail (kept next to its data, never sent)."""
+        if not self.site.audit_key.exists():
+            generate_key(self.site.audit_key)  # plaintext/simulation sites have no kit key
+        AuditLog(self.site.audit_log, self.site.audit_key, f"site {self.site.name}").append(
+            kind, {"run_id": self.run_id, **data})
+
     def fit(self, parameters, config):
-        set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
+        try:
+            return self._fit(parameters, server_round)
+        except BudgetExhausted as err:
+            self.audit("refusal", {"round": server_round, "reason": str(err)})
+            raise
+
+    def _fit(self, parameters, server_round: int):
+        set_weights(self.model, parameters)
         data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length,
                       self.site.train_labels)
         desc = f"site {self.site.name} round {server_round}"
@@ -58,7 +73,12 @@ class SiteClient(NumPyClient):
         print(f"{desc}: trained on {len(data)} records, mean loss {stats['train_loss']:.4f}"
               + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
               flush=True)
-        return delta, len(data), {"site": self.site.name, "records": len(self.site.records), **report}
+        redactions = dict(self.site.redactions)
+        self.audit("round", {"round": server_round, "received": weights_digest(parameters),
+                             "sent": weights_digest(delta), "redactions": redactions,
+                             **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
+        return delta, len(data), {"site": self.site.name, "records": len(self.site.records),
+                                  "redactions": json.dumps(redactions, sort_keys=True), **report}
 
     def _train_private(self, data, server_round: int, seed: int, desc: str):
         """Charge the ledger first (refusing past the budget), then run DP-SGD."""

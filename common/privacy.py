@@ -32,6 +32,8 @@ class SitePrivacy:
     delta: float = 0.0
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    redact: bool = True
+    redact_entities: str = ""
 
     @classmethod
     def from_mapping(cls, raw: dict, prefix: str = "") -> "SitePrivacy":
@@ -59,10 +61,12 @@ class SitePrivacy:
 
 
 def add_privacy_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("differential privacy (the site's own settings)")
-    group.add_argument("--no-dp", dest="dp", action="store_false", default=True,
-                       help="train WITHOUT differential privacy (recorded in every report)")
-    for opt in SITE_PRIVACY_OPTIONS[1:]:
+    group = parser.add_argument_group("privacy (the site's own settings; the server cannot change them)")
+    for opt in SITE_PRIVACY_OPTIONS:
+        if opt.type is bool:  # on by default: only an explicit --no-KEY turns it off
+            group.add_argument(f"--no-{opt.key}", dest=opt.key.replace("-", "_"), action="store_false",
+                               default=opt.default, help=f"turn off: {opt.help}")
+            continue
         group.add_argument(f"--{opt.key}", dest=opt.key.replace("-", "_"), type=opt.type,
                            default=opt.default, choices=opt.choices or None,
                            help=f"{opt.help} [default: {opt.default}]")

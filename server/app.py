@@ -6,7 +6,9 @@ stack on which Flower's SecAgg+ workflow runs.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from importlib.metadata import version
 from logging import ERROR, INFO
 from pathlib import Path
 
@@ -18,12 +20,24 @@ from flwr.serverapp import ServerApp
 
 from common.config import RunConfig
 from common.errors import FedSiloError
-from common.model import build_model, get_weights, load_tokenizer, save_pretrained_atomic, set_weights
+from common.audit import AuditLog, generate_key
+from common.model import (
+    EMBEDDED_MODEL,
+    build_model,
+    file_digest,
+    get_weights,
+    load_tokenizer,
+    resolve_model,
+    save_pretrained_atomic,
+    set_weights,
+)
 from common.privacy import guarantee_sentence
+from server.model_card import write_model_card
 from server.run_dir import RunDir
 from server.strategy import FedSiloStrategy
 
 app = ServerApp()
+__version__ = version("fedsilo")
 
 # SecAgg+ clips each value of an update to +-SECAGG_CLIP and quantises it to 2**22 levels after
 # weighting it by num_examples / SECAGG_MAX_WEIGHT. Sites send deltas (LoRA deltas after a round
@@ -60,10 +74,15 @@ def run(grid: Grid, context: Context) -> None:
     run_dir.write_start(cfg)
     log(INFO, "FedSilo run %s -> %s", context.run_id, run_dir.path)
 
+    audit = open_audit(cfg, run_dir)
+    audit.append("run_start", {"run_id": context.run_id, "fedsilo_version": __version__,
+                               "config_sha256": hashlib.sha256(cfg.to_json().encode()).hexdigest(),
+                               "base_model": cfg.model or EMBEDDED_MODEL, "base_model_digest": model_digest(cfg.model),
+                               "labels": list(cfg.labels), "secure_aggregation": cfg.secure_aggregation})
     model = build_model(cfg)
     initial = get_weights(model)
     run_dir.save_round_weights(0, initial)
-    strategy = FedSiloStrategy(cfg, run_dir, initial)
+    strategy = FedSiloStrategy(cfg, run_dir, initial, audit)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
     started = time.monotonic()
     workflow(cfg)(grid, legacy)
@@ -84,12 +103,38 @@ def run(grid: Grid, context: Context) -> None:
         set_weights(model, strategy.global_weights)
         save_pretrained_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)
         summary["final_model"] = str(run_dir.final_model)
+        summary["final_model_digest"] = file_digest(run_dir.final_model / "model.safetensors")
+    audit.append("final_model", {"status": summary["status"], "digest": summary.get("final_model_digest"),
+                                 "rounds_completed": strategy.completed_rounds})
+    summary["audit_log"] = str(audit.path)
+    summary["audit_head"] = audit.head  # keep it elsewhere too: it pins the log's length
     run_dir.write_summary(summary)
+    write_model_card(run_dir.path, cfg, summary, strategy.site_privacy)
     report = (run_dir.path / "report.txt")
     if report.exists():
         log(INFO, "\n%s", report.read_text(encoding="utf-8"))
     log(INFO, "FedSilo run finished: %d of %d rounds completed; outputs in %s",
         len(strategy.completed_rounds), cfg.rounds, run_dir.path)
+
+
+def open_audit(cfg: RunConfig, run_dir: RunDir) -> AuditLog:
+    """The coordinator's signed audit trail, run_dir/audit.jsonl."""
+    key = Path(cfg.audit_key) if cfg.audit_key else run_dir.path / "server-audit.key"
+    if not key.exists():
+        generate_key(key)
+    return AuditLog(run_dir.path / "audit.jsonl", key, "server")
+
+
+def model_digest(name: str) -> str:
+    """Digest of the base model's weight files (a name not on disk is recorded as a name)."""
+    path = Path(resolve_model(name))
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    if not files:
+        return f"name:{name}"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_digest(f).encode())
+    return "sha256:" + h.hexdigest()
 
 
 def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:

@@ -100,8 +100,6 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    cfg = run_config_from_args(args, **{"run-dir": str(run_dir)})
-    cfg.require_labels()
     if args.federation and args.insecure:
         raise FedSiloError("--federation and --insecure exclude each other")
     if not args.federation and not args.insecure:
@@ -113,6 +111,11 @@ def run(args) -> int:
         meta = fed.check()
         if not fed.enrolled():
             raise FedSiloError(f"no site is enrolled in {fed.path} (fl-server enroll --dir {fed.path} --site NAME)")
+    overrides = {"run-dir": str(run_dir)}
+    if fed:
+        overrides["audit-key"] = str(fed.path / "server-audit.key")  # the coordinator's enrolled identity
+    cfg = run_config_from_args(args, **overrides)
+    cfg.require_labels()
     default_host, default_port = split_address(meta.get("address", "127.0.0.1:9092"))
     host, port = args.host or default_host, args.port or default_port
     if args.insecure:

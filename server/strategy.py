@@ -23,12 +23,15 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 from logging import INFO, WARNING
 
+from common.audit import AuditLog
 from common.config import RunConfig
+from common.model import weights_digest
 from server.report import report_dict
 from server.run_dir import RunDir
 
 
-PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records")
+PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "redactions")
+REFUSALS = ("privacy budget exhausted", "app not approved")
 
 
 def _failure_text(failure) -> str:
@@ -40,7 +43,7 @@ def _failure_text(failure) -> str:
 
 
 class FedSiloStrategy(FedAvg):
-    def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray]):
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray], audit: AuditLog):
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=1.0,
@@ -54,6 +57,7 @@ class FedSiloStrategy(FedAvg):
         )
         self.cfg = cfg
         self.run_dir = run_dir
+        self.audit = audit
         self.global_weights = [w.copy() for w in initial]
         self.completed_rounds: list[int] = []
         self.failed_rounds: dict[int, str] = {}
@@ -111,6 +115,19 @@ class FedSiloStrategy(FedAvg):
         self.completed_rounds.append(server_round)
         return ndarrays_to_parameters(self.global_weights), {}
 
+    def _audit_round(self, server_round: int, record: dict) -> None:
+        fit = record.get("fit", {})
+        self.audit.append("round", {
+            "round": server_round, "status": record["status"], "participants": sorted(fit),
+            "epsilon": {n: f["epsilon"] for n, f in fit.items() if f.get("dp")},
+            "no_dp": sorted(n for n, f in fit.items() if not f.get("dp")),
+            "aggregate": weights_digest(self.global_weights) if server_round in self.completed_rounds else None,
+            "failures": sorted(set(record.get("fit_failures", []))),
+            "failed_reason": self.failed_rounds.get(server_round)})
+        for reason in sorted(set(record.get("fit_failures", []))):
+            if any(key in reason for key in REFUSALS):
+                self.audit.append("refusal", {"round": server_round, "reason": reason})
+
     # ---------------------------------------------------------------- evaluation
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures) -> tuple[float | None, dict[str, Scalar]]:
@@ -140,6 +157,7 @@ class FedSiloStrategy(FedAvg):
             "status": "failed" if server_round in self.failed_rounds else "ok",
         })
         self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
+        self._audit_round(server_round, record)
         log(INFO, "%s", round_line(record, self.cfg.rounds))
         loss = (sum(r.loss * r.num_examples for _, r in results) / max(1, sum(r.num_examples for _, r in results))
                 if results else None)

@@ -22,6 +22,6 @@ def test_federated_dp_lora_beats_chance_at_epsilon_8(demo_dir, tmp_path):
     assert "train_loss" not in json.dumps(final["fit"])  # not DP-protected: it stays at the site
     print("DP-LoRA accuracy by round:", [r["accuracy"] for r in rounds])
     assert final["accuracy"] > 0.7, rounds  # 4 balanced topics: chance is 0.25
-    ledgers = sorted((run_dir / "ledgers").iterdir())
+    ledgers = sorted((run_dir / "sites").glob("*.privacy-ledger.json"))
     assert len(ledgers) == 3
     assert [e["round"] for e in json.loads(ledgers[0].read_text())["entries"]] == [1, 2]

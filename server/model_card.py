@@ -1,0 +1,112 @@
+"""The provenance card written next to the final model: MODEL_CARD.md and model_card.html.
+
+Everything on it comes from the run's own records (config, summary, the last round's report,
+what each site reported of itself); nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from common.config import RunConfig
+from common.files import atomic_write_text
+from common.model import EMBEDDED_MODEL
+
+LIMITATIONS = [
+    "Differential privacy protects each site's training records (record-level); evaluation "
+    "confusion matrices and record counts leave the sites without noise.",
+    "A person with several records is protected only through group privacy (a larger epsilon).",
+    "Secure aggregation hides single updates from the server, not the aggregate; metrics and "
+    "example counts travel unmasked.",
+    "PII redaction is rule-based: names without context and unusual formats can be missed "
+    "(see the README for measured recall).",
+    "The model was evaluated only on the sites' held-out splits, which share the sites' biases.",
+]
+
+
+def _last_report(run_dir: Path) -> dict | None:
+    reports = sorted((run_dir / "reports").glob("round-*.json"))
+    return json.loads(reports[-1].read_text(encoding="utf-8")) if reports else None
+
+
+def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict]) -> list[tuple[str, object]]:
+    """(heading, content) pairs; content is a string, a list of strings, or a table (header, rows)."""
+    report = _last_report(run_dir)
+    site_rows = []
+    for name, rep in sorted(sites.items()):
+        red = json.loads(rep.get("redactions") or "{}")
+        site_rows.append([name, str(rep.get("records", "?")),
+                          ", ".join(f"{k} {v}" for k, v in sorted(red.items())) or "none found"])
+    sections: list[tuple[str, object]] = [
+        ("Task", f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
+        ("Base model", f"{cfg.model or EMBEDDED_MODEL}; trainable set: {cfg.trainable}"
+                       + (f" (LoRA r={cfg.lora_r} on {', '.join(cfg.lora_targets)} + head)" if cfg.trainable == "lora" else "")),
+        ("Training", f"{len(summary.get('rounds_completed', []))} of {summary.get('rounds_planned')} federated "
+                     f"rounds completed (run {summary.get('run_id')}); failed rounds: "
+                     f"{summary.get('rounds_failed') or 'none'}."),
+        ("Sites (names and record counts only) and PII redaction (placeholders inserted, by type)",
+         (["site", "records", "redactions"], site_rows)),
+        ("Differential privacy, per site", list(summary.get("privacy", {}).values()) or ["no site trained"]),
+        ("Secure aggregation", "on (Flower SecAgg+): the server saw only the sum of the sites' updates"
+         if cfg.secure_aggregation else "OFF: the server saw each site's update"),
+    ]
+    if report:
+        fed = report["federation"]["report"]
+        rows = [[label, *(f"{fed[label][m]:.3f}" for m in ("precision", "recall", "f1-score")),
+                 str(int(fed[label]["support"]))] for label in cfg.labels if label in fed]
+        sections.append((f"Per-class metrics (all sites' eval splits, round {report['round']})",
+                         (["label", "precision", "recall", "F1", "support"], rows)))
+        per_site = [[name, f"{s['report'].get('accuracy', float('nan')):.3f}",
+                     f"{s['report'].get('macro avg', {}).get('f1-score', float('nan')):.3f}"]
+                    for name, s in sorted(report["sites"].items())]
+        sections.append(("Per-site metrics", (["site", "accuracy", "macro-F1"], per_site)))
+    sections += [
+        ("Audit", f"Coordinator audit log {summary.get('audit_log')}, chain head {summary.get('audit_head')}; "
+                  f"final model digest {summary.get('final_model_digest')}. Check with: fl-audit verify LOG."),
+        ("Known limitations", LIMITATIONS),
+    ]
+    return sections
+
+
+def write_model_card(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict]) -> None:
+    sections = card_sections(run_dir, cfg, summary, sites)
+    atomic_write_text(run_dir / "MODEL_CARD.md", to_markdown(sections))
+    atomic_write_text(run_dir / "model_card.html", to_html(sections))
+
+
+def to_markdown(sections) -> str:
+    out = ["# Model card (FedSilo)", ""]
+    for heading, content in sections:
+        out += [f"## {heading}", ""]
+        if isinstance(content, tuple):
+            header, rows = content
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+        elif isinstance(content, list):
+            out += [f"- {item}" for item in content]
+        else:
+            out.append(content)
+        out.append("")
+    return "\n".join(out)
+
+
+def to_html(sections) -> str:
+    e = html.escape
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Model card (FedSilo)</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #999;padding:.2em .6em}</style></head><body><h1>Model card (FedSilo)</h1>"]
+    for heading, content in sections:
+        out.append(f"<h2>{e(heading)}</h2>")
+        if isinstance(content, tuple):
+            header, rows = content
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            out.append("</table>")
+        elif isinstance(content, list):
+            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in content) + "</ul>")
+        else:
+            out.append(f"<p>{e(content)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
