@@ -2,7 +2,8 @@
 
 import json
 
-from tests.helpers import LABELS, run_cli
+from common.audit import load_public_key, trust, verify_log
+from tests.helpers import LABELS, assert_clean_error, run_cli
 
 
 def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
@@ -36,6 +37,28 @@ def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
     assert all(f["dp"] is False for f in rounds[-1]["fit"].values())
     assert "NO DP at sim-0,sim-1,sim-2" in proc.stdout
     assert summary["privacy"]["sim-0"].startswith("site sim-0: NO differential privacy")
+
+    # The coordinator's signed audit trail, and each site's, verify; a tampered copy does not.
+    trusted = trust(load_public_key(run_dir / "server-audit.key.pub"))
+    result = verify_log(run_dir / "audit.jsonl", trusted)
+    assert result.ok and result.head == summary["audit_head"]
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    assert kinds == ["log_start", "run_start", "round", "round", "final_model"]
+    for site in ("sim-0", "sim-1", "sim-2"):
+        log = run_dir / "sites" / f"{site}.audit.jsonl"
+        assert verify_log(log, trust(load_public_key(run_dir / "sites" / f"{site}.audit-key.pub"))).ok
+        assert [json.loads(line)["kind"] for line in log.read_text().splitlines()] == ["log_start", "round", "round"]
+    assert run_cli("fl-audit", "verify", run_dir / "audit.jsonl", "--key", run_dir / "server-audit.key.pub").returncode == 0
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text((run_dir / "audit.jsonl").read_text().replace('"round":1', '"round":7', 1))
+    assert_clean_error(run_cli("fl-audit", "verify", tampered), "record 2")
+
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    for heading in ("## Task", "## Base model", "## Sites", "## Differential privacy, per site",
+                    "## Secure aggregation", "## Per-class metrics", "## Per-site metrics", "## Audit",
+                    "## Known limitations"):
+        assert heading in card
+    assert summary["audit_head"] in card and (run_dir / "model_card.html").read_text().startswith("<!doctype html>")
 
     pred = run_cli("fl-predict", run_dir, "--text", "my debit card was declined at the shop",
                    "--text", "my mortgage application was rejected without a reason")
