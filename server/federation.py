@@ -91,10 +91,11 @@ class Federation:
         meta = self.meta()
         if site in self.enrolled():
             raise FedSiloError(f"site {site} is already enrolled in {self.path}")
+        if public_key is not None:
+            _check_public_key(public_key)  # before anything is written
         kit = self.path / "kits" / site
         kit.mkdir(parents=True, exist_ok=True)
         if public_key is not None:  # the site made its own key and keeps the private half
-            _check_public_key(public_key)
             shutil.copyfile(public_key, kit / "site.key.pub")
         else:
             make_node_key(kit / "site.key")

@@ -61,7 +61,9 @@ def test_fl_server_port_in_use(tmp_path):
 @pytest.mark.parametrize("extra, fragment", [
     (["--insecure"], "at least two labels"),
     (["--insecure", "--labels", LABELS, "--host", "0.0.0.0"], "plaintext is allowed on 127.0.0.1 only"),
-    (["--labels", LABELS], "pass --insecure"),
+    (["--labels", LABELS], "give --federation DIR"),
+    (["--labels", LABELS, "--federation", "/no/such/federation"], "is not a federation folder"),
+    (["--insecure", "--labels", LABELS, "--min-sites", "1"], "secure aggregation needs min-sites >= secagg-threshold"),
     (["--insecure", "--labels", LABELS, "--model", "/no/such/dir"], "cannot load model"),
 ])
 def test_fl_server_bad_options(tmp_path, extra, fragment):
@@ -83,6 +85,46 @@ def test_fl_client_bad_input(files, key, extra, fragment):
     if "--site" not in extra:
         args = ["--site", "A", *args]
     assert_clean_error(run_cli("fl-client", *args, timeout=60), fragment)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--kit", "/no/such/kit"], "is not a site kit"),
+    (["--target-epsilon", "0"], "target-epsilon: must be >="),
+    (["--target-epsilon", "9", "--privacy-budget", "8"], "larger than the privacy-budget"),
+    (["--delta", "0.09"], "not below 1/n"),
+    (["--redact-entities", "EMAIL,SHOESIZE"], "SHOESIZE"),
+])
+def test_fl_client_bad_site_settings(files, extra, fragment):
+    args = ["--data", files["good"], *extra]
+    if "--kit" not in extra:
+        args = ["--site", "A", "--insecure", *args]
+    assert_clean_error(run_cli("fl-client", *args, timeout=60), fragment)
+
+
+def test_fl_client_bad_ledger_and_redaction_config(files, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text("{broken")
+    base = ["--site", "A", "--insecure", "--data", files["good"]]
+    assert_clean_error(run_cli("fl-client", *base, "--ledger", ledger, timeout=60), "unreadable or corrupted")
+    assert ledger.read_text() == "{broken"  # never reset
+    config = tmp_path / "redact.json"
+    config.write_text('{"entities": ["EMAIL"')
+    assert_clean_error(run_cli("fl-client", *base, "--redaction-config", config, timeout=60), "redact.json")
+
+
+def test_fl_server_enroll_and_init_errors(tmp_path):
+    assert_clean_error(run_cli("fl-server", "enroll", "--dir", tmp_path / "none", "--site", "A"),
+                       "is not a federation folder")
+    assert run_cli("fl-server", "init", "--dir", tmp_path / "fed", "--host", "127.0.0.1").returncode == 0
+    assert_clean_error(run_cli("fl-server", "init", "--dir", tmp_path / "fed", "--host", "127.0.0.1"),
+                       "already holds a federation")
+    assert_clean_error(run_cli("fl-server", "enroll", "--dir", tmp_path / "fed", "--site", "a b"), "site name")
+    assert run_cli("fl-server", "enroll", "--dir", tmp_path / "fed", "--site", "A").returncode == 0
+    assert_clean_error(run_cli("fl-server", "enroll", "--dir", tmp_path / "fed", "--site", "A"), "already enrolled")
+    bad_pub = tmp_path / "bad.pub"
+    bad_pub.write_text("ssh-rsa AAAAnotakey")
+    assert_clean_error(run_cli("fl-server", "enroll", "--dir", tmp_path / "fed", "--site", "B", "--public-key", bad_pub),
+                       "not an OpenSSH public key")
 
 
 def test_fl_predict_without_final_model(tmp_path):
