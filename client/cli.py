@@ -23,6 +23,7 @@ from client.app_guard import APPROVED_ENV, installed_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from client.site import redact
+from common.audit import AuditLog, generate_key
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
 from common.launch import flower_env, flower_script, free_port, require_loopback, split_address, stop
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up if the server cannot be reached for this long [default: 300]")
     p.add_argument("--ledger", metavar="FILE", default=None,
                    help="this dataset's privacy ledger [default: DATA.privacy-ledger.json next to the data]")
+    p.add_argument("--audit-log", metavar="FILE", default=None,
+                   help="this site's signed audit log [default: DATA.audit.jsonl next to the data]")
     p.add_argument("--redaction-config", metavar="FILE", default=None,
                    help='JSON file choosing what to redact: {"entities": ["EMAIL", ...]} or {"enabled": false}')
     add_privacy_options(p)
@@ -106,6 +109,12 @@ def main(argv=None) -> int:
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
     print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
+    audit_log = Path(args.audit_log).expanduser().resolve() if args.audit_log else data.with_name(data.name + ".audit.jsonl")
+    audit_key = Path(args.kit).resolve() / "site.key" if args.kit else data.with_name(data.name + ".audit-key")
+    if not audit_key.exists():
+        generate_key(audit_key)
+    AuditLog(audit_log, audit_key, f"site {site}")  # fail now on a log kept with another key or name
+    print(f"fl-client: audit log {audit_log} (signed with {audit_key})", flush=True)
     _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
@@ -113,7 +122,7 @@ def main(argv=None) -> int:
     node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
         "site": site, "data-path": str(data), "ledger": str(ledger),
         "text-column": args.text_column, "label-column": args.label_column,
-        **({"audit-key": str(Path(args.kit).resolve() / "site.key")} if args.kit else {}),
+        "audit-log": str(audit_log), "audit-key": str(audit_key),
         **privacy.to_node_config()}.items())
     with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
         env = flower_env()

@@ -194,7 +194,7 @@ class _Values:
                           f"www.mybank.com/account/{n}", f"https://bit.ly/{ascii_fold(self.first())[:3]}{n}",
                           f"https://results.labcorp.example/r/{n}?view=pdf",
                           f"https://www.example-bank.co.uk/help/contact#{n}",
-                          f"http://10.{n % 256}.0.{n % 200 + 1}:8080/admin", f"https://en.wikipedia.org/wiki/Scan_(disambiguation)"])
+                          f"http://10.{n % 256}.0.{n % 200 + 1}:8080/admin", "https://en.wikipedia.org/wiki/Scan_(disambiguation)"])
 
     def ip(self):
         rng = self.rng

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from common.config import SITE_PRIVACY_OPTIONS, check_option
 from common.errors import FedSiloError
 
-ACCOUNTANTS = ("prv", "rdp")
 # Opacus's RDP analysis (also used to bound the PRV domain) warns when the best order is the
 # largest one tried; the bound it returns is still a valid upper bound.
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)

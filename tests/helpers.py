@@ -29,6 +29,13 @@ def assert_clean_error(proc: subprocess.CompletedProcess, fragment: str) -> None
     assert fragment.lower() in lines[0].lower(), lines[0]
 
 
+def site_file(demo_dir: Path, name: str, tmp_path: Path) -> Path:
+    """A test's own copy of a site's data file: its ledger and audit log are kept beside it."""
+    target = tmp_path / f"site-{name}.tsv"
+    target.write_bytes((demo_dir / f"site-{name}.tsv").read_bytes())
+    return target
+
+
 def start(name: str, *args, log) -> subprocess.Popen:
     """Start a console script in its own process group, output to the open file `log`."""
     return subprocess.Popen([str(BIN / name), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ from common.config import RunConfig, write_run_config_toml
 from common.demo_data import write_demo
 from common.launch import flower_env, free_port, write_flwr_home
 from common.pki import make_node_key
-from tests.helpers import BIN, LABELS, ROOT, run_cli, start, stop_all, wait_for_text
+from tests.helpers import BIN, LABELS, ROOT, run_cli, site_file, start, stop_all, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,7 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
     shutil.copyfile(tmp_path / "other" / "ca.pem", wrong_ca / "ca.pem")
 
     run_dir = tmp_path / "run"
+    (tmp_path / "refused").mkdir()
     logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("server", "A", "B")}
     server = start("fl-server", "--federation", fed, "--labels", LABELS, "--rounds", 2, "--run-dir", run_dir,
                    *train_args(tiny_model), log=logs["server"])
@@ -69,7 +70,7 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
                              input="", capture_output=True, text=True, timeout=30).stdout
         assert "Verify return code: 0 (ok)" in out and ("TLSv1.3" in out or "TLSv1.2" in out)
 
-        data_a = demo_dir / "site-A.tsv"
+        data_a = site_file(demo_dir, "A", tmp_path / "refused")
         refused(run_cli("fl-client", "--kit", stray, "--data", data_a, "--no-dp", timeout=120),
                 "this site's key is not enrolled in the federation")
         refused(run_cli("fl-client", "--kit", wrong_ca, "--data", data_a, "--no-dp", "--max-wait", 20, timeout=120),
@@ -102,7 +103,7 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
         for name in ("A", "B"):
-            sites.append(start("fl-client", "--kit", fed / "kits" / name, "--data", demo_dir / f"site-{name}.tsv",
+            sites.append(start("fl-client", "--kit", fed / "kits" / name, "--data", site_file(demo_dir, name, tmp_path),
                                "--no-dp", log=logs[name]))
         wait_for_text(tmp_path / "modified-run" / "metrics.jsonl", "app not approved by this site", timeout=400)
         assert server.wait(timeout=600) == 0, (tmp_path / "server.log").read_text()[-4000:]
