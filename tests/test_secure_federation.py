@@ -71,12 +71,14 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
         assert "Verify return code: 0 (ok)" in out and ("TLSv1.3" in out or "TLSv1.2" in out)
 
         data_a = site_file(demo_dir, "A", tmp_path / "refused")
-        refused(run_cli("fl-client", "--kit", stray, "--data", data_a, "--no-dp", timeout=120),
-                "this site's key is not enrolled in the federation")
-        refused(run_cli("fl-client", "--kit", wrong_ca, "--data", data_a, "--no-dp", "--max-wait", 20, timeout=120),
-                "not signed by the CA in this kit")
+        own_log = iter(tmp_path / "refused" / f"audit-{i}.jsonl" for i in range(3))  # one identity per log
+        refused(run_cli("fl-client", "--kit", stray, "--data", data_a, "--no-dp", "--audit-log", next(own_log),
+                        timeout=120), "this site's key is not enrolled in the federation")
+        refused(run_cli("fl-client", "--kit", wrong_ca, "--data", data_a, "--no-dp", "--max-wait", 20,
+                        "--audit-log", next(own_log), timeout=120), "not signed by the CA in this kit")
         refused(run_cli("fl-client", "--site", "A", "--insecure", "--server", f"127.0.0.1:{port}", "--data", data_a,
-                        "--no-dp", "--max-wait", 10, timeout=120), "cannot reach the server")
+                        "--no-dp", "--max-wait", 10, "--audit-log", next(own_log), timeout=120),
+                "cannot reach the server")
 
         # A site with its own valid kit tries the control plane through the address it was given.
         home = tmp_path / "site-flwr-home"
