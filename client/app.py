@@ -74,7 +74,8 @@ class SiteClient(NumPyClient):
               + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
               flush=True)
         redactions = dict(self.site.redactions)
-        self.audit("round", {"round": server_round, "received": weights_digest(parameters),
+        self.audit("round", {"round": server_round, "data_fingerprint": fingerprint(self.site.records),
+                             "received": weights_digest(parameters),
                              "sent": weights_digest(delta), "redactions": redactions,
                              **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
         return delta, len(data), {"site": self.site.name, "records": len(self.site.records),
