@@ -139,8 +139,6 @@ def run_supernode(args: list[str], env: dict, server: str, max_wait: float) -> i
     supernode = subprocess.Popen([flower_script("flower-supernode"), *args], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                  errors="replace", start_new_session=True)
-    # Stop the SuperNode (and the ClientApp it runs) however this process is asked to end.
-    signal.signal(signal.SIGTERM, _interrupt)
     fatal = None
     try:
         for line in supernode.stdout:
@@ -173,7 +171,3 @@ def privacy_status(privacy: SitePrivacy, ledger_path: Path, records) -> str:
                            f"spent on this dataset (ledger {ledger_path})")
     return (f"DP-SGD on: epsilon {spent:.2f} of budget {privacy.privacy_budget:.2f} spent so far "
             f"(delta {delta:.2g}, {privacy.accountant.upper()} accountant, ledger {ledger_path})")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -1,6 +1,7 @@
 """One error type for everything an operator can fix, and the CLI wrapper that prints it."""
 
 import functools
+import signal
 import sys
 
 
@@ -8,12 +9,23 @@ class FedSiloError(Exception):
     """A problem the operator can fix; its message is one line, shown without a traceback."""
 
 
+def _interrupt_once(signum, frame):
+    """SIGTERM or Ctrl-C: interrupt once, then ignore both so the cleanup (stopping every
+    process this tool started) is not itself interrupted."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def cli_entry(prog: str):
-    """Wrap a console-script main(): a FedSiloError becomes one line on stderr and exit 2."""
+    """Wrap a console-script main(): a FedSiloError becomes one line on stderr and exit 2, and
+    SIGTERM unwinds like Ctrl-C, so `finally` / `with` blocks stop what the tool started."""
 
     def decorate(main):
         @functools.wraps(main)
         def wrapper(argv=None):
+            signal.signal(signal.SIGTERM, _interrupt_once)
+            signal.signal(signal.SIGINT, _interrupt_once)
             try:
                 return main(argv)
             except FedSiloError as err:

@@ -130,3 +130,26 @@ def test_fl_server_enroll_and_init_errors(tmp_path):
 def test_fl_predict_without_final_model(tmp_path):
     assert_clean_error(run_cli("fl-predict", tmp_path, "--text", "hi"), "no final model")
     assert_clean_error(run_cli("fl-predict", tmp_path / "nope", "--text", "hi"), "not a run directory")
+
+
+def test_sigterm_stops_every_process_fl_server_started(tmp_path):
+    import psutil
+
+    from common.launch import free_port
+    from tests.helpers import start, wait_for_text
+
+    log = open(tmp_path / "server.log", "w")
+    server = start("fl-server", "--insecure", "--port", free_port(), "--labels", LABELS, "--run-dir",
+                   tmp_path / "run", log=log)
+    try:
+        wait_for_text(tmp_path / "server.log", "waiting for", server, timeout=90)
+        family = psutil.Process(server.pid).children(recursive=True)
+        assert any("flower-superlink" in " ".join(p.cmdline()) for p in family)
+        server.terminate()  # SIGTERM, as a service manager would send
+        assert server.wait(timeout=60) != 0
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
