@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +68,3 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-round records; a torn last line (crash mid-append) is skipped."""
-    rows = []
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
