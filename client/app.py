@@ -27,6 +27,7 @@ from common.config import RunConfig
 from common.errors import FedSiloError
 from common.audit import AuditLog, generate_key
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
+from common.updates import update_problem
 from common.privacy import calibrate_noise, sample_rate, steps_per_round
 
 
@@ -70,6 +71,10 @@ class SiteClient(NumPyClient):
         # Send the change, not the weights: secure aggregation clips what it is given,
         # and deltas are small and centred on zero.
         delta = [new - old for new, old in zip(get_weights(self.model), parameters)]
+        problem = update_problem(delta, parameters, self.cfg.max_update_norm)
+        if problem:  # e.g. training diverged: say so rather than send it (the server would refuse it)
+            self.audit("update_withheld", {"round": server_round, "reason": problem})
+            raise FedSiloError(f"site {self.site.name}: update not sent: {problem}")
         print(f"{desc}: trained on {len(data)} records, mean loss {stats['train_loss']:.4f}"
               + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
               flush=True)

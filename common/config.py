@@ -65,6 +65,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "to be unmasked; fewer left means the round fails.", minimum=2, maximum=100_000),
     Option("round-timeout", float, 600.0, "Seconds to wait for enough sites to connect before a "
            "round, and (SecAgg+) for the sites at each stage of a round.", minimum=1.0, maximum=86_400.0),
+    Option("aggregation", str, "fedavg", "How the server combines updates: 'fedavg' (weighted mean; "
+           "the only choice under secure aggregation) or, with --no-secure-aggregation, a robust rule "
+           "from Flower: 'trimmed-mean', 'median' or 'krum'.",
+           choices=("fedavg", "trimmed-mean", "median", "krum")),
+    Option("trim-fraction", float, 0.2, "trimmed-mean: share of updates cut at each end, per value.",
+           minimum=0.0, maximum=0.49),
+    Option("byzantine-sites", int, 1, "krum: how many sites may be malicious.", minimum=0, maximum=100_000),
+    Option("max-update-norm", float, 0.0, "L2 bound on one site's update (the change it sends); "
+           "a site does not send a larger one and the server (plain aggregation) rejects it; "
+           "0 = no bound. Non-finite values, wrong shapes and wrong dtypes are always refused.",
+           minimum=0.0, maximum=1e9),
     Option("audit-key", str, "", "Key that signs the coordinator's audit log; empty = a key made "
            "in the run directory (fl-server --federation uses the federation's server key)."),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
@@ -130,6 +141,10 @@ class RunConfig:
     secure_aggregation: bool = True
     secagg_threshold: int = 2
     round_timeout: float = 600.0
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.2
+    byzantine_sites: int = 1
+    max_update_norm: float = 0.0
     sim_data: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -164,6 +179,9 @@ class RunConfig:
         if values["secure_aggregation"] and values["min_sites"] < values["secagg_threshold"]:
             raise FedSiloError(f"secure aggregation needs min-sites >= secagg-threshold "
                                f"({values['secagg_threshold']}); got min-sites {values['min_sites']}")
+        if values["secure_aggregation"] and values["aggregation"] != "fedavg":
+            raise FedSiloError(f"aggregation {values['aggregation']}: robust rules need the single updates, "
+                               "which secure aggregation hides; add --no-secure-aggregation")
         return cls(**values)
 
     def require_labels(self) -> None:

@@ -2,6 +2,12 @@
 
 Sites send `new - old` of the trainable tensors. FedAvg's weighted average of those deltas
 (or, under secure aggregation, the one already-summed result) is added to the global model.
+Without secure aggregation every update is validated first (common/updates.py) and a robust
+rule from Flower (trimmed mean, median, Krum) may replace the mean.
+
+Rounds are numbered for the whole run: a run resumed after round N (server/app.py) counts on
+from N + 1 while Flower's workflow counts from 1 again, hence `offset`.
+After every round the strategy's state goes to RUN_DIR/state.json (the resume checkpoint).
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from flwr.common import (
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
+from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
 from logging import INFO, WARNING
 
 from common.audit import AuditLog
 from common.config import RunConfig
 from common.model import weights_digest
+from common.updates import update_problem
 from server.report import report_dict
 from server.run_dir import RunDir
 
@@ -43,7 +51,8 @@ def _failure_text(failure) -> str:
 
 
 class FedSiloStrategy(FedAvg):
-    def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray], audit: AuditLog):
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray], audit: AuditLog,
+                 resumed: dict | None = None):
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=1.0,
@@ -65,14 +74,31 @@ class FedSiloStrategy(FedAvg):
         self._fit_started: list[int] = []
         self.round_record: dict = {}
         self._round_start = time.monotonic()
+        self._sampled: dict[int, set[str]] = {}  # round -> node ids asked to train
+        self.offset = 0
+        if resumed:  # a checkpoint from state.json (server/app.py checked it fits this run)
+            self.offset = int(resumed["last_round"])
+            self.completed_rounds = [int(r) for r in resumed["completed_rounds"]]
+            self.failed_rounds = {int(r): str(v) for r, v in resumed["failed_rounds"].items()}
+            self.site_privacy = dict(resumed["site_privacy"])
+
+    def checkpoint(self, last_round: int) -> None:
+        """Rounds up to `last_round` are closed: their global weights are in rounds/ already."""
+        self.run_dir.save_state({
+            "config": self.cfg.to_flat(), "last_round": last_round,
+            "completed_rounds": self.completed_rounds,
+            "failed_rounds": {str(k): v for k, v in self.failed_rounds.items()},
+            "site_privacy": self.site_privacy})
 
     # ------------------------------------------------------------------ training
     def configure_fit(self, server_round, parameters, client_manager):
+        first = server_round == 1  # of this process: after a (re)start wait for min-sites again
+        server_round += self.offset
         self.close_rounds()
         self._round_start = time.monotonic()
         self.round_record = {"round": server_round}
         self._fit_started.append(server_round)
-        needed = self.cfg.min_sites if server_round == 1 else 1
+        needed = self.cfg.min_sites if first else 1
         if self.cfg.secure_aggregation:
             needed = max(needed, self.cfg.secagg_threshold)
         if not client_manager.wait_for(needed, timeout=int(self.cfg.round_timeout)):
@@ -80,7 +106,12 @@ class FedSiloStrategy(FedAvg):
                                                 f"connected after {self.cfg.round_timeout:.0f}s (round-timeout)")
             log(WARNING, "round %d failed: %s", server_round, self.failed_rounds[server_round])
             return []
-        return super().configure_fit(server_round, parameters, client_manager)
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        self._sampled[server_round] = {str(proxy.node_id) for proxy, _ in instructions}
+        return instructions
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return super().configure_evaluate(server_round + self.offset, parameters, client_manager)
 
     def close_rounds(self) -> None:
         """A round that started but never reached aggregate_fit failed: Flower's SecAgg+ halts
@@ -92,6 +123,18 @@ class FedSiloStrategy(FedAvg):
                 log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures) -> tuple[Parameters | None, dict[str, Scalar]]:
+        server_round += self.offset
+        replied = {str(proxy.node_id) for proxy, _ in results}
+        replied |= {str(f[0].node_id) for f in failures if not isinstance(f, BaseException)}
+        failure_texts = [_failure_text(f) for f in failures]
+        silent = len(self._sampled.get(server_round, ())) - len(replied) - sum(
+            isinstance(f, BaseException) for f in failures)
+        if silent > 0 and not self.cfg.secure_aggregation:
+            failure_texts.append(f"{silent} site(s) sent no update within round-timeout "
+                                 f"({self.cfg.round_timeout:.0f}s)")
+        if not self.cfg.secure_aggregation:  # under SecAgg+ the one result is already the sum
+            results, rejected = self._validate(results)
+            failure_texts += rejected
         sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res in results}
         self.round_record["fit"] = {
             name: {"examples": res.num_examples,
@@ -100,20 +143,54 @@ class FedSiloStrategy(FedAvg):
         }
         for name, res in sites.items():
             self.site_privacy[name] = {k: res.metrics[k] for k in PRIVACY_KEYS if k in res.metrics}
-        self.round_record["fit_failures"] = [_failure_text(f) for f in failures]
-        for text in self.round_record["fit_failures"]:
+        self.round_record["fit_failures"] = failure_texts
+        for text in failure_texts:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
         if not results:  # sites that refused (budget) or failed are left out; one answer suffices
-            reason = "no site returned an update"
+            reason = "no site returned a valid update"
             self.failed_rounds[server_round] = reason
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, reason)
             return None, {}
-        mean_delta, _ = super().aggregate_fit(server_round, results, failures)
-        deltas = parameters_to_ndarrays(mean_delta)
+        deltas = self._combine(server_round, results, failures)
+        problem = update_problem(deltas, self.global_weights, check_dtype=False)
+        if problem:  # a SecAgg+ sum is checked too: a site's garbage is caught here, if not by name
+            self.failed_rounds[server_round] = f"aggregate refused: {problem}"
+            log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, problem)
+            return None, {}
         self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, deltas)]
         self.run_dir.save_round_weights(server_round, self.global_weights)
         self.completed_rounds.append(server_round)
         return ndarrays_to_parameters(self.global_weights), {}
+
+    def _validate(self, results):
+        """Keep the updates that pass common/updates.py; name the senders of the others."""
+        kept, rejected = [], []
+        for proxy, res in results:
+            name = str(res.metrics.get("site", f"node {proxy.node_id}"))
+            try:
+                update = parameters_to_ndarrays(res.parameters)
+            except (ValueError, TypeError, EOFError, OSError) as err:
+                problem = f"malformed ({type(err).__name__})"
+            else:
+                problem = update_problem(update, self.global_weights, self.cfg.max_update_norm)
+            if problem:
+                rejected.append(f"site {name}: update rejected: {problem}")
+                self.round_record.setdefault("rejected", {})[name] = problem
+            else:
+                kept.append((proxy, res))
+        return kept, rejected
+
+    def _combine(self, server_round: int, results, failures) -> list[np.ndarray]:
+        """The mean (or robust) delta of the sites' deltas, with Flower's aggregation rules."""
+        rule = self.cfg.aggregation
+        if rule == "fedavg":
+            return parameters_to_ndarrays(super().aggregate_fit(server_round, results, failures)[0])
+        updates = [(parameters_to_ndarrays(res.parameters), res.num_examples) for _, res in results]
+        if rule == "median":
+            return aggregate_median(updates)
+        if rule == "trimmed-mean":
+            return aggregate_trimmed_avg(updates, self.cfg.trim_fraction)
+        return aggregate_krum(updates, self.cfg.byzantine_sites, 0)
 
     def _audit_round(self, server_round: int, record: dict) -> None:
         fit = record.get("fit", {})
@@ -131,6 +208,7 @@ class FedSiloStrategy(FedAvg):
     # ---------------------------------------------------------------- evaluation
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures) -> tuple[float | None, dict[str, Scalar]]:
+        server_round += self.offset
         k = len(self.cfg.labels)
         total = np.zeros((k, k), dtype=np.int64)
         per_site: dict[str, np.ndarray] = {}
@@ -158,6 +236,7 @@ class FedSiloStrategy(FedAvg):
         })
         self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
         self._audit_round(server_round, record)
+        self.checkpoint(server_round)
         log(INFO, "%s", round_line(record, self.cfg.rounds))
         loss = (sum(r.loss * r.num_examples for _, r in results) / max(1, sum(r.num_examples for _, r in results))
                 if results else None)
@@ -183,6 +262,6 @@ def round_line(record: dict, rounds: int) -> str:
     if no_dp:
         parts.append("NO DP at " + ",".join(no_dp))
     for text in dict.fromkeys(record.get("fit_failures", [])):
-        parts.append(f"not trained: {text}")
+        parts.append(f"left out: {text}")
     parts.append(f"{record['seconds']:.1f}s")
     return " | ".join(parts)

@@ -1,0 +1,147 @@
+"""Update validation, robust aggregation and the resume checkpoint, on FedSilo's real strategy."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+from common.audit import AuditLog, generate_key
+from common.config import RunConfig
+from common.errors import FedSiloError
+from common.updates import update_norm, update_problem
+from server.run_dir import RunDir
+from server.strategy import FedSiloStrategy
+
+REFERENCE = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+
+
+def honest(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.01 + 0.001 * rng.standard_normal(w.shape)).astype(np.float32) for w in REFERENCE]
+
+
+@pytest.mark.parametrize("update, max_norm, fragment", [
+    ([np.zeros((4, 3), np.float32)], 0, "1 tensors instead of 2"),
+    ([np.zeros((3, 4), np.float32), np.zeros(3, np.float32)], 0, "shape (3, 4) instead of (4, 3)"),
+    ([np.zeros((4, 3), np.float64), np.zeros(3, np.float32)], 0, "dtype float64 instead of float32"),
+    ([np.full((4, 3), np.nan, np.float32), np.zeros(3, np.float32)], 0, "non-finite"),
+    ([np.zeros((4, 3), np.float32), np.array([0, np.inf, 0], np.float32)], 0, "non-finite values (NaN/Inf) in tensor 1"),
+    ([np.ones((4, 3), np.float32), np.ones(3, np.float32)], 3.0, "norm 3.873 above max-update-norm 3"),
+])
+def test_invalid_updates_are_named(update, max_norm, fragment):
+    assert fragment in update_problem(update, REFERENCE, max_norm)
+
+
+def test_valid_update_and_norm():
+    update = [np.ones((4, 3), np.float32), np.ones(3, np.float32)]
+    assert update_problem(update, REFERENCE, max_norm=4.0) is None
+    assert update_norm(update) == pytest.approx(15 ** 0.5)
+    # float32 squares would overflow to inf here; the norm is computed in float64
+    assert update_norm([np.full(4, 1e30, np.float32)]) == pytest.approx(2e30, rel=1e-6)
+
+
+def make_strategy(tmp_path, **options) -> FedSiloStrategy:
+    cfg = RunConfig.from_dict({"labels": "a,b", "secure-aggregation": False, "run-dir": str(tmp_path),
+                               **options})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    generate_key(tmp_path / "audit.key")
+    return FedSiloStrategy(cfg, RunDir(tmp_path / "run"), [w.copy() for w in REFERENCE],
+                           AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
+
+
+def fit_result(node: int, update, site: str | None = None, examples: int = 100):
+    params = update if isinstance(update, Parameters) else ndarrays_to_parameters(update)
+    res = FitRes(Status(Code.OK, "ok"), params, examples, {"site": site or f"s{node}", "dp": False})
+    return GridClientProxy(node, None, 1), res
+
+
+def test_server_rejects_bad_updates_and_names_the_site(tmp_path):
+    strategy = make_strategy(tmp_path, **{"max-update-norm": 1.0})
+    strategy.round_record = {"round": 1}
+    garbage = Parameters(tensors=[b"not a numpy array", b"\x93NUMPY"], tensor_type="numpy.ndarray")
+    results = [fit_result(1, honest(1), "A"), fit_result(2, honest(2), "B"),
+               fit_result(3, [np.full((4, 3), np.nan, np.float32), np.zeros(3, np.float32)], "C"),
+               fit_result(4, [100 * w for w in honest(4)], "D"),
+               fit_result(5, garbage, "E"),
+               fit_result(6, [np.zeros((5, 3), np.float32), np.zeros(3, np.float32)], "F")]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    assert params is not None and strategy.completed_rounds == [1]
+    assert sorted(strategy.round_record["fit"]) == ["A", "B"]
+    rejected = strategy.round_record["rejected"]
+    assert sorted(rejected) == ["C", "D", "E", "F"]
+    assert "non-finite" in rejected["C"] and "above max-update-norm 1" in rejected["D"]
+    assert rejected["E"].startswith("malformed") and "shape (5, 3)" in rejected["F"]
+    assert "site D: update rejected: norm" in " ".join(strategy.round_record["fit_failures"])
+    expected = [(a + b) / 2 for a, b in zip(honest(1), honest(2))]
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], expected[0], rtol=1e-5)
+
+
+def test_a_round_with_only_bad_updates_fails_and_keeps_the_model(tmp_path):
+    strategy = make_strategy(tmp_path)
+    strategy.round_record = {"round": 1}
+    params, _ = strategy.aggregate_fit(1, [fit_result(1, [np.full((4, 3), np.inf, np.float32),
+                                                         np.zeros(3, np.float32)])], [])
+    assert params is None and strategy.failed_rounds == {1: "no site returned a valid update"}
+    assert all((w == 0).all() for w in strategy.global_weights)
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean", "krum"])
+@pytest.mark.parametrize("attack", [-10.0, 50.0])  # sign flip and scaling
+def test_robust_rules_contain_one_poisoned_site(tmp_path, rule, attack):
+    clean_mean = [np.mean(ws, axis=0) for ws in zip(*(honest(i) for i in range(4)))]
+
+    def aggregate(rule_name):
+        strategy = make_strategy(tmp_path / rule_name, aggregation=rule_name, **{"trim-fraction": 0.2})
+        strategy.round_record = {"round": 1}
+        results = [fit_result(i, honest(i)) for i in range(4)]
+        results.append(fit_result(4, [attack * w for w in honest(4)]))
+        params, _ = strategy.aggregate_fit(1, results, [])
+        return parameters_to_ndarrays(params)
+
+    def error(agg):
+        return update_norm([a - c for a, c in zip(agg, clean_mean)]) / update_norm(clean_mean)
+
+    assert error(aggregate("fedavg")) > 1.5  # the mean is dragged far off by one site
+    assert error(aggregate(rule)) < 0.2  # the robust rule stays near the honest sites' mean
+
+
+def test_robust_rules_need_plain_aggregation():
+    with pytest.raises(FedSiloError, match="add --no-secure-aggregation"):
+        RunConfig.from_dict({"labels": "a,b", "aggregation": "median"})
+
+
+def test_checkpoint_and_resume_point(tmp_path):
+    strategy = make_strategy(tmp_path, rounds=3)
+    run_dir = strategy.run_dir
+    cfg = strategy.cfg
+    assert run_dir.resume_point(cfg) is None  # a new run
+    strategy.round_record = {"round": 1}
+    strategy.aggregate_fit(1, [fit_result(1, honest(1))], [])
+    strategy.checkpoint(1)
+    for rnd in (1, 2):  # a kill after round 2's metrics line but before its checkpoint
+        (run_dir.path / "metrics.jsonl").open("a").write(json.dumps({"round": rnd}) + "\n")
+    (run_dir.path / "metrics.jsonl").open("a").write('{"round": 3, "accur')  # a torn line
+
+    state = run_dir.resume_point(cfg)
+    assert state["last_round"] == 1 and state["completed_rounds"] == [1]
+    resumed = FedSiloStrategy(cfg, run_dir, run_dir.load_round_weights(1), strategy.audit, state)
+    assert resumed.offset == 1 and resumed.completed_rounds == [1]
+    np.testing.assert_array_equal(resumed.global_weights[0], strategy.global_weights[0])
+    run_dir.trim_metrics(1)
+    assert [json.loads(x)["round"] for x in (run_dir.path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    other = RunConfig.from_dict({**cfg.to_flat(), "rounds": 5})
+    with pytest.raises(FedSiloError, match=r"other options \(rounds: 3 -> 5\)"):
+        run_dir.resume_point(other)
+    patient = RunConfig.from_dict({**cfg.to_flat(), "round-timeout": 30.0})
+    assert run_dir.resume_point(patient)["last_round"] == 1  # operational settings may change
+
+    strategy.checkpoint(3)
+    (run_dir.path / "summary.json").write_text("{}")
+    with pytest.raises(FedSiloError, match="holds a finished run"):
+        run_dir.resume_point(cfg)
+    (run_dir.path / "state.json").write_text('{"last_round": ')
+    with pytest.raises(FedSiloError, match="state.json is damaged"):
+        run_dir.resume_point(cfg)
