@@ -26,6 +26,7 @@ from common.model import (
     build_model,
     file_digest,
     get_weights,
+    weights_digest,
     load_tokenizer,
     resolve_model,
     save_pretrained_atomic,
@@ -47,6 +48,22 @@ __version__ = version("fedsilo")
 SECAGG_CLIP = 1.0
 SECAGG_QUANTIZATION = 2**22
 SECAGG_MAX_WEIGHT = 100_000.0
+
+
+class BoundedGrid:
+    """Flower's Grid, except that waiting for the sites' replies ends after round-timeout.
+
+    The compat workflow calls send_and_receive without a timeout, which waits forever for a site
+    whose reply never comes; a site that misses the deadline is left out of that round instead."""
+
+    def __init__(self, grid: Grid, timeout: float):
+        self._grid, self._timeout = grid, timeout
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        return self._grid.send_and_receive(messages, timeout=timeout or self._timeout)
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
 
 
 def workflow(cfg: RunConfig) -> DefaultWorkflow:
@@ -71,22 +88,37 @@ def run(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_dict(dict(context.run_config))
     cfg.require_labels()
     run_dir = RunDir(cfg.run_dir or Path.cwd() / "runs" / str(context.run_id))
+    resumed = run_dir.resume_point(cfg)  # the checkpoint of an earlier, killed run of this configuration
     run_dir.write_start(cfg)
     log(INFO, "FedSilo run %s -> %s", context.run_id, run_dir.path)
 
     audit = open_audit(cfg, run_dir)
-    audit.append("run_start", {"run_id": context.run_id, "fedsilo_version": __version__,
-                               "config_sha256": hashlib.sha256(cfg.to_json().encode()).hexdigest(),
-                               "base_model": cfg.model or EMBEDDED_MODEL, "base_model_digest": model_digest(cfg.model),
-                               "labels": list(cfg.labels), "secure_aggregation": cfg.secure_aggregation})
+    if not resumed:
+        audit.append("run_start", {"run_id": context.run_id, "fedsilo_version": __version__,
+                                   "config_sha256": hashlib.sha256(cfg.to_json().encode()).hexdigest(),
+                                   "base_model": cfg.model or EMBEDDED_MODEL, "base_model_digest": model_digest(cfg.model),
+                                   "labels": list(cfg.labels), "secure_aggregation": cfg.secure_aggregation})
     model = build_model(cfg)
-    initial = get_weights(model)
-    run_dir.save_round_weights(0, initial)
-    strategy = FedSiloStrategy(cfg, run_dir, initial, audit)
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
+    if resumed:
+        done = int(resumed["last_round"])
+        last_model = max(resumed["completed_rounds"], default=0)
+        initial = run_dir.load_round_weights(last_model)
+        if [w.shape for w in initial] != [w.shape for w in get_weights(model)]:
+            raise FedSiloError(f"cannot resume: {run_dir.path}/rounds/round-{last_model:04d}.npz does not fit the model")
+        run_dir.trim_metrics(done)
+        audit.append("run_resume", {"run_id": context.run_id, "after_round": done,
+                                    "model_of_round": last_model, "weights": weights_digest(initial)})
+        log(INFO, "FedSilo run resumed after round %d of %d (global model of round %d)", done, cfg.rounds, last_model)
+    else:
+        done, initial = 0, get_weights(model)
+        run_dir.save_round_weights(0, initial)
+    strategy = FedSiloStrategy(cfg, run_dir, initial, audit, resumed)
     started = time.monotonic()
-    workflow(cfg)(grid, legacy)
+    if done < cfg.rounds:
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
+        workflow(cfg)(BoundedGrid(grid, cfg.round_timeout), legacy)
     strategy.close_rounds()  # a round SecAgg+ halted never reached aggregate_fit
+    strategy.checkpoint(cfg.rounds)
 
     summary = {
         "run_id": context.run_id,
@@ -94,6 +126,7 @@ def run(grid: Grid, context: Context) -> None:
         "rounds_completed": strategy.completed_rounds,
         "rounds_failed": {str(k): v for k, v in strategy.failed_rounds.items()},
         "secure_aggregation": cfg.secure_aggregation,
+        "resumed_after_round": done if resumed else None,
         "seconds": round(time.monotonic() - started, 1),
         "status": "ok" if strategy.completed_rounds else "failed",
     }

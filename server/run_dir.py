@@ -6,12 +6,16 @@
     rounds/round-NNNN.npz  global trainable weights after round N
     reports/round-NNNN.json / report.txt   per-class reports, whole federation and per site
     final-model/           the final global model, loadable with from_pretrained
+    state.json             checkpoint after every round: rounds done, strategy state (resume)
     summary.json           how the run ended
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +23,30 @@ import numpy as np
 from common.config import RunConfig, resolved
 from common.errors import FedSiloError
 from common.files import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
-from server.report import report_dict, report_text
+
+
+# A run writes the final model (about 90 MB for the default MiniLM), round weights, logs and the
+# SuperLink's database. With less free space it would fail half-way, so it is refused up front.
+MIN_FREE_BYTES = 128 * 2**20
 
 
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
+        created: list[Path] = []  # folders made here, removed again if the run directory is unusable
         try:
+            _check_file_system(self.path)
             for sub in ("", "rounds", "reports"):
-                (self.path / sub).mkdir(parents=True, exist_ok=True)
+                target = self.path / sub
+                created += reversed([p for p in (target, *target.parents) if not p.exists()])
+                target.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.path).close()  # writable, not only creatable
         except OSError as err:
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
             raise FedSiloError(f"cannot create run directory {self.path}: {err.strerror}") from None
 
     @property
@@ -44,8 +62,71 @@ class RunDir:
         np.savez(buf, *weights)
         atomic_write_bytes(self.path / "rounds" / f"round-{server_round:04d}.npz", buf.getvalue())
 
+    def load_round_weights(self, server_round: int) -> list[np.ndarray]:
+        path = self.path / "rounds" / f"round-{server_round:04d}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        except (OSError, ValueError, KeyError) as err:
+            raise FedSiloError(f"cannot resume: {path} is missing or damaged ({err})") from None
+
+    # ------------------------------------------------------------ checkpoint / resume
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    def save_state(self, state: dict) -> None:
+        """The strategy's state after a closed round; written atomically, so a kill leaves the
+        previous checkpoint or this one, never half of one."""
+        atomic_write_json(self.state_path, state)
+
+    def load_state(self) -> dict | None:
+        if not self.state_path.exists():
+            return None
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            int(state["last_round"]), dict(state["config"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise FedSiloError(f"cannot resume: {self.state_path} is damaged ({err})") from None
+        return state
+
+    def resume_point(self, cfg: RunConfig) -> dict | None:
+        """The checkpoint of an earlier, unfinished run of this configuration in this directory
+        (None for a new run); a different configuration or a finished run is refused."""
+        state = self.load_state()
+        if state is None:
+            return None
+        saved, wanted = state["config"], cfg.to_flat()
+        # Operational settings may change on resume; anything that shapes training may not (the
+        # sites calibrated their DP noise for the planned rounds, for instance).
+        changed = sorted(k for k in set(saved) | set(wanted)
+                         if k not in RESUMABLE_CHANGES and saved.get(k) != wanted.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:3])
+            raise FedSiloError(f"{self.path} holds a run with other options ({shown}); use a new "
+                               f"--run-dir, or continue it with: fl-server resume {self.path}")
+        summary = self.path / "summary.json"
+        if state["last_round"] >= cfg.rounds and summary.exists():
+            raise FedSiloError(f"{self.path} holds a finished run ({state['last_round']} of {cfg.rounds} "
+                               "rounds); use a new --run-dir")
+        return state
+
+    def trim_metrics(self, last_round: int) -> None:
+        """Drop round lines written after the checkpoint (a kill between the two writes): the
+        resumed run writes those rounds again."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _round_of(line) <= last_round]
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
     def save_round_report(self, server_round: int, total: np.ndarray, per_site: dict[str, np.ndarray],
                           labels: tuple[str, ...], record: dict) -> None:
+        # Imported here: scikit-learn takes seconds to import, and fl-server / fl-sim should refuse
+        # bad input without that wait (only the ServerApp writes reports).
+        from server.report import report_dict, report_text
+
         report = {
             "round": server_round,
             "federation": {"confusion": total.tolist(), "report": report_dict(total, labels)},
@@ -68,3 +149,26 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
+
+
+# Options that may differ when a run is resumed.
+RESUMABLE_CHANGES = ("round-timeout",)
+
+
+def _round_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["round"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 30  # a torn last line: dropped
+
+
+def _check_file_system(path: Path) -> None:
+    """Refuse a read-only or (nearly) full file system before anything is written to it."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    fs = os.statvfs(existing)
+    if fs.f_flag & os.ST_RDONLY:
+        raise FedSiloError(f"cannot create run directory {path}: {existing} is on a read-only file system")
+    free = fs.f_bavail * fs.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise FedSiloError(f"cannot create run directory {path}: no space left on device ({free // 1024} KiB "
+                           f"free, a run needs at least {MIN_FREE_BYTES // 2**20} MiB)")

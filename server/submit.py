@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.config import RunConfig, write_run_config_toml
 from common.errors import FedSiloError
-from common.launch import app_dir, flower_env, flower_script, write_flwr_home
+from common.launch import app_dir, die_with_parent, flower_env, flower_script, write_flwr_home
 
 # Flower's own chatter that says nothing to an operator of FedSilo.
 _NOISE = re.compile(r"configure_(fit|evaluate): strategy sampled|aggregate_(fit|evaluate): received|"
@@ -37,7 +37,8 @@ def submit_and_stream(cfg: RunConfig, run_dir: Path, superlink: str, insecure: b
     log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
             cmd, env=flower_env(flwr_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, errors="replace") as proc:
+            stdin=subprocess.DEVNULL, text=True, errors="replace",
+            preexec_fn=die_with_parent) as proc:
         for line in proc.stdout:
             log.write(line)
             log.flush()
