@@ -59,7 +59,11 @@ def main(argv=None) -> int:
     partition(encode_labels(records, cfg.labels, str(data)), args.sites, cfg.partition,
               cfg.dirichlet_alpha, cfg.seed)  # the split every virtual site will make
     check_model(cfg.model)
+    resumed = RunDir(run_dir).resume_point(cfg) if (run_dir / "state.json").exists() else None
     rd = RunDir(run_dir)
+    if resumed:
+        print(f"fl-sim: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
+              flush=True)
     print(f"fl-sim: {len(records)} records, {len(cfg.labels)} labels, {args.sites} virtual sites "
           f"({cfg.partition}), {cfg.rounds} rounds -> {rd.path}", flush=True)
 
