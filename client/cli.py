@@ -10,12 +10,16 @@ locally and sends back only model deltas and aggregate evaluation counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,9 +28,18 @@ from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from client.site import redact
 from common.audit import AuditLog, generate_key
+from common.cliparse import Parser, port_or_zero_arg
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
-from common.launch import flower_env, flower_script, free_port, require_loopback, split_address, stop
+from common.launch import (
+    die_with_parent,
+    flower_env,
+    flower_script,
+    free_port,
+    require_loopback,
+    split_address,
+    stop,
+)
 from common.privacy import SitePrivacy, add_privacy_options, privacy_from_args
 from common.redaction import load_redaction_config, report_lines
 
@@ -37,18 +50,31 @@ Raw text never leaves this machine: the site trains locally and sends model upda
 evaluation counts only."""
 
 # SuperNode log lines that end a connection attempt for good, and what they mean to an operator.
+NOT_ENROLLED = ("this site's key is not enrolled in the federation (ask the coordinator to run "
+                "fl-server enroll, and use the kit it writes)")
 FATAL = (
-    ("code: 2004", "this site's key is not enrolled in the federation (ask the coordinator to run "
-                   "fl-server enroll, and use the kit it writes)"),
+    ("code: 2004", NOT_ENROLLED),
     ("code: 2001", "the server requires an enrolled site key; start with --kit"),
     ("CERTIFICATE_VERIFY_FAILED", "the server's certificate is not signed by the CA in this kit"),
     ("certificate verify failed", "the server's certificate is not signed by the CA in this kit"),
-    ("Giving up reconnection", None),  # filled in with the address below
 )
+# Flower retries a failed connection with exponential backoff and jitter, logging each wait,
+# and logs when --max-wait / --max-retries is used up.
+RETRY = re.compile(r"Connection attempt failed, retrying in ([0-9.]+) seconds")
+GIVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds and (\d+) tries")
+# A SuperNode that dies without signing off (the whole site killed with kill -9, power loss, the
+# OOM killer) stays "online" at the SuperLink until HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL
+# (2 x 30 s in flwr 1.42) after its last heartbeat, and until then the SuperLink refuses to
+# activate the same key again, with the code 2004 it also gives a key it does not know. A site
+# restarted at once was therefore told that its key is not enrolled, and stayed out
+# (tests/test_network_faults.py). SessionMark tells the two apart; this is how long to wait
+# (the heartbeat window, plus the ServerApp's 3 s poll that turns the dead session's pending
+# message into a "Node Unavailable" reply, so the new session does not inherit it, plus margin).
+STALE_SESSION_S = 65.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-client", description=DESCRIPTION)
+    p = Parser(prog="fl-client", description=DESCRIPTION)
     p.add_argument("--kit", metavar="DIR", help="site kit from the coordinator (CA, site key, server address)")
     p.add_argument("--site", metavar="NAME", help="this site's name (taken from the kit when given)")
     p.add_argument("--data", required=True, metavar="FILE", help="the site's labelled data file")
@@ -58,10 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plaintext connection without TLS or site key; only allowed to a loopback address")
     p.add_argument("--text-column", default="text", help="name of the text column [default: text]")
     p.add_argument("--label-column", default="label", help="name of the label column [default: label]")
-    p.add_argument("--port", type=int, default=0,
+    p.add_argument("--port", type=port_or_zero_arg, default=0,
                    help="local port of the SuperNode's runtime API; 0 picks a free one [default: 0]")
     p.add_argument("--max-wait", type=float, default=300.0, metavar="SECONDS",
-                   help="give up if the server cannot be reached for this long [default: 300]")
+                   help="give up if the server cannot be reached for this long; Flower retries with "
+                        "exponential backoff and jitter (waits of up to 20 s), printing one line per "
+                        "retry [default: 300]")
+    p.add_argument("--max-retries", type=int, default=0, metavar="N",
+                   help="also give up after N failed connection attempts; 0 = no limit but --max-wait "
+                        "[default: 0]")
     p.add_argument("--ledger", metavar="FILE", default=None,
                    help="this dataset's privacy ledger [default: DATA.privacy-ledger.json next to the data]")
     p.add_argument("--audit-log", metavar="FILE", default=None,
@@ -99,6 +130,10 @@ def connection(args) -> tuple[str, str, list[str]]:
 @cli_entry("fl-client")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not 1 <= args.max_wait <= 7 * 86400:  # also refuses nan and inf: the wait must end
+        raise FedSiloError(f"--max-wait {args.max_wait}: give a number of seconds from 1 to 604800")
+    if args.max_retries < 0:
+        raise FedSiloError(f"--max-retries {args.max_retries}: give 0 (no limit) or a positive number")
     site, server, tls_args = connection(args)
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
@@ -106,6 +141,8 @@ def main(argv=None) -> int:
     if args.redaction_config:
         entities = load_redaction_config(args.redaction_config)
         privacy = replace(privacy, redact=bool(entities), redact_entities=",".join(entities))
+    # Before the ledger and the audit log are written: an unknown PII type must leave no files.
+    _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
     print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
@@ -115,7 +152,6 @@ def main(argv=None) -> int:
         generate_key(audit_key)
     AuditLog(audit_log, audit_key, f"site {site}")  # fail now on a log kept with another key or name
     print(f"fl-client: audit log {audit_log} (signed with {audit_key})", flush=True)
-    _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
 
@@ -130,33 +166,99 @@ def main(argv=None) -> int:
         env[APPROVED_ENV] = installed_app_hash()
         print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
               f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
+        retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
+        session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
         return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
                                          "--port", str(args.port or free_port()),
-                                         "--max-wait-time", str(args.max_wait)], env, server, args.max_wait)
+                                         "--max-wait-time", str(args.max_wait), *retries], env, server, args.max_wait,
+                             session)
 
 
-def run_supernode(args: list[str], env: dict, server: str, max_wait: float) -> int:
+class SessionMark:
+    """A file that exists while this site's key has a SuperNode running (removed on every clean
+    exit). Found at start, it means the last session ended without signing off, so a refused
+    activation (code 2004) may be that session, still counted online: see STALE_SESSION_S."""
+
+    def __init__(self, kit: Path):
+        key_id = hashlib.sha256(str((kit / "site.key").resolve()).encode()).hexdigest()[:16]
+        self.path = Path(tempfile.gettempdir()) / f"fedsilo-session-{key_id}"
+        self.stale = False
+
+    def __enter__(self) -> "SessionMark":
+        try:
+            pid = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None:  # the mark of a session that did not end cleanly, unless its fl-client still runs
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self.stale = True
+            except PermissionError:
+                pass
+        with contextlib.suppress(OSError):
+            self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.path.read_text().strip()) == os.getpid():
+                self.path.unlink()
+
+
+def run_supernode(args: list[str], env: dict, server: str, max_wait: float,
+                  session: SessionMark | None = None) -> int:
+    with session or contextlib.nullcontext():
+        fatal = _supernode(args, env, server)
+        if fatal == NOT_ENROLLED and session is not None and session.stale:
+            wait = min(STALE_SESSION_S, max_wait)
+            print(f"fl-client: the server still counts this site's previous session as connected (it ended "
+                  f"without signing off); trying again in {wait:.0f} s, once the server has let it go",
+                  flush=True)
+            time.sleep(wait)
+            fatal = _supernode(args, env, server)
+    if fatal:
+        raise FedSiloError(fatal)
+    return 0
+
+
+def _supernode(args: list[str], env: dict, server: str) -> str | None:
+    """Run one SuperNode until it stops; returns what ended it for good (None: a normal stop)."""
+    # die_with_parent: if fl-client itself is killed (kill -9 of its process group, which does not
+    # hold the SuperNode), the SuperNode gets SIGTERM and signs off instead of running on orphaned,
+    # still holding the site's key, so that a restarted fl-client could not connect.
     supernode = subprocess.Popen([flower_script("flower-supernode"), *args], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                 errors="replace", start_new_session=True)
-    fatal = None
+                                 errors="replace", start_new_session=True, preexec_fn=die_with_parent)
+    fatal, attempts = None, 0
     try:
         for line in supernode.stdout:
+            retry = RETRY.search(line)
+            if retry:  # one progress line of ours per failed attempt, instead of Flower's warning
+                attempts += 1
+                print(f"fl-client: cannot reach {server} yet (attempt {attempts}); retrying in "
+                      f"{float(retry.group(1)):.1f} s", flush=True)
+                continue
             sys.stdout.write(line)
             sys.stdout.flush()
             # Flower's SuperNode logs some fatal conditions but keeps running: end it ourselves.
             for marker, meaning in FATAL:
                 if marker in line:
-                    fatal = meaning or f"cannot reach the server at {server} (gave up after {max_wait:.0f}s)"
+                    fatal = meaning
+            give_up = GIVE_UP.search(line)
+            if give_up:
+                fatal = (f"cannot reach the server at {server}: gave up after {give_up.group(2)} attempts "
+                         f"in {float(give_up.group(1)):.0f} s (is fl-server running there? see --max-wait "
+                         "and --max-retries)")
             if fatal:
                 break
     finally:
         stop(supernode)
     if fatal:
-        raise FedSiloError(fatal)
+        return fatal
     if supernode.returncode not in (0, -signal.SIGTERM):
         raise FedSiloError(f"the SuperNode stopped with exit code {supernode.returncode}")
-    return 0
+    return None
 
 
 def privacy_status(privacy: SitePrivacy, ledger_path: Path, records) -> str:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from common.errors import FedSiloError
+from common.launch import split_address
 from common.pki import check_certificate, check_node_key
+
+# kit.json holds exactly these keys (server/federation.py writes them); anything else means a
+# hand-edited or foreign file, refused rather than silently ignored.
+KIT_KEYS = ("site", "server")
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as server/federation.py enrolls them
 
 
 def load_kit(kit: str | Path) -> dict:
@@ -16,8 +23,24 @@ def load_kit(kit: str | Path) -> dict:
         meta = json.loads((kit / "kit.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FedSiloError(f"{kit} is not a site kit (kit.json missing)") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FedSiloError(f"{kit}/kit.json is unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise FedSiloError(f"{kit}/kit.json must be a JSON object with the keys {', '.join(KIT_KEYS)}")
+    missing = [k for k in KIT_KEYS if k not in meta]
+    unknown = sorted(set(meta) - set(KIT_KEYS))
+    if missing or unknown:
+        problem = "; ".join(filter(None, [missing and f"missing key(s) {', '.join(missing)}",
+                                          unknown and f"unknown key(s) {', '.join(unknown)}"]))
+        raise FedSiloError(f"{kit}/kit.json: {problem} (a kit from fl-server enroll has {', '.join(KIT_KEYS)})")
+    if not isinstance(meta["site"], str) or not SITE_NAME.match(meta["site"]):
+        raise FedSiloError(f"{kit}/kit.json: site {meta['site']!r} is not a valid site name")
+    if not isinstance(meta["server"], str):
+        raise FedSiloError(f"{kit}/kit.json: server {meta['server']!r} is not a HOST:PORT address")
+    try:
+        split_address(meta["server"])
+    except FedSiloError as err:
+        raise FedSiloError(f"{kit}/kit.json: {err}") from None
     check_certificate(kit / "ca.pem", "CA certificate")
     check_node_key(kit / "site.key")
     return {"site": meta["site"], "server": meta["server"], "ca": kit / "ca.pem", "key": kit / "site.key"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,8 @@ def check_option(opt: Option, value: Any) -> Any:
         value = float(value)
     if not isinstance(value, opt.type) or isinstance(value, bool) and opt.type is not bool:
         raise FedSiloError(f"{opt.key}: expected {opt.type.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every range check
+        raise FedSiloError(f"{opt.key}: must be a finite number, got {value}")
     if opt.choices and value not in opt.choices:
         raise FedSiloError(f"{opt.key}: must be one of {', '.join(opt.choices)}, got {value!r}")
     if opt.minimum is not None and value < opt.minimum:

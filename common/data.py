@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,14 @@ from common.errors import FedSiloError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+# The longest line a data file may hold (not counting its line break; for CSV also the longest
+# field). A text is truncated to --max-length tokens (at most 8192) anyway; a longer line is a
+# broken or wrong file (no line breaks, a binary blob) and is refused after reading at most this
+# much, so memory stays bounded however long the line is.
+MAX_LINE_BYTES = 1 << 20  # 1 MiB
+csv.field_size_limit(MAX_LINE_BYTES)
+# Hints for a header that is one single column: the file uses another delimiter than its suffix says.
+_DELIMITER_HINTS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 @dataclass(frozen=True)
@@ -40,21 +46,14 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
     if fmt is None:
         raise FedSiloError(f"{path}: unsupported data format {path.suffix!r} "
                            f"(use {', '.join(sorted(FORMATS))})")
-    if not path.is_file():
-        raise FedSiloError(f"{path}: data file not found")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise FedSiloError(f"{path}: cannot read data file ({err.strerror})") from None
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise FedSiloError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); "
-                           "re-encode the file as UTF-8") from None
-    if not content.strip():
+    if text_column == label_column:
+        raise FedSiloError(f"the text column and the label column are both {text_column!r}; "
+                           "they must be two different columns")
+    lines = _read_lines(path)
+    if not any(line.strip() for line in lines):
         raise FedSiloError(f"{path}: data file is empty")
-    rows = _parse_jsonl(path, content) if fmt == "jsonl" else _parse_delimited(path, content, fmt)
+    rows = (_parse_jsonl(path, lines) if fmt == "jsonl"
+            else _parse_delimited(path, lines, fmt, (text_column, label_column)))
     texts, labels = [], []
     for line_no, row in rows:
         for column in (text_column, label_column):
@@ -73,31 +72,83 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
     return Records(texts, labels)
 
 
-def _parse_delimited(path: Path, content: str, fmt: str):
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines, decoded, each with its line ending; at most MAX_LINE_BYTES read per line."""
+    if path.is_dir():
+        raise FedSiloError(f"{path}: is a directory, not a data file")
+    if not path.exists():
+        raise FedSiloError(f"{path}: data file not found")
+    if not path.is_file():  # opening a FIFO would block until someone writes to it
+        raise FedSiloError(f"{path}: not a regular file (a FIFO, socket or device?)")
+    lines: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                raise FedSiloError(f"{path}: the file is UTF-16 encoded; re-encode it as UTF-8")
+            fh.seek(0)
+            while raw := fh.readline(MAX_LINE_BYTES + 1):
+                line_no = len(lines) + 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise FedSiloError(f"{path}:{line_no}: line longer than {MAX_LINE_BYTES // 2**20} MiB; "
+                                       "not a text data file (or a record with no line breaks)")
+                if b"\0" in raw:
+                    raise FedSiloError(f"{path}:{line_no}: NUL bytes: a binary file (or UTF-16 without "
+                                       "a byte-order mark), not CSV, TSV or JSONL text")
+                try:
+                    lines.append(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+                except UnicodeDecodeError as err:
+                    raise FedSiloError(f"{path}:{line_no}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); "
+                                       "re-encode the file as UTF-8") from None
+    except OSError as err:
+        raise FedSiloError(f"{path}: cannot read data file ({err.strerror})") from None
+    return lines
+
+
+def _parse_delimited(path: Path, lines: list[str], fmt: str, columns: tuple[str, str]):
     # TSV files in the wild (and in shared/data) are unquoted: a leading '"' is text, not quoting.
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    reader = csv.reader(content.splitlines(), delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
+    delimiter = "\t" if fmt == "tsv" else ","
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     try:
-        header = next(reader)
+        header = next(reader, None)
+        while header == []:  # blank lines before the header
+            header = next(reader, None)
+        if header is None:
+            raise FedSiloError(f"{path}: data file is empty")
+        header_line = reader.line_num
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
-            raise FedSiloError(f"{path}:1: duplicated column names in header {header}")
+            raise FedSiloError(f"{path}:{header_line}: duplicated column names in header {header}")
+        missing = [c for c in columns if c not in header]
+        if missing:
+            hint = ""
+            if len(header) == 1:
+                found = [name for sep, name in _DELIMITER_HINTS.items() if sep != delimiter and sep in header[0]]
+                if found:
+                    hint = (f"; the file looks {found[0]}-separated, but a {path.suffix} file must be "
+                            f"{_DELIMITER_HINTS[delimiter]}-separated")
+            raise FedSiloError(f"{path}:{header_line}: missing column {missing[0]!r} "
+                               f"(found: {', '.join(header) or 'none'}){hint}")
         rows = []
-        for line_no, fields in enumerate(reader, start=2):
+        for fields in reader:
+            line_no = reader.line_num
             if not fields:
                 continue  # blank line
             if len(fields) != len(header):
                 raise FedSiloError(f"{path}:{line_no}: expected {len(header)} fields "
                                    f"({fmt.upper()}), found {len(fields)}")
+            if [f.strip() for f in fields] == header:  # e.g. two files joined with `cat`
+                raise FedSiloError(f"{path}:{line_no}: the header line is repeated (files concatenated?)")
             rows.append((line_no, dict(zip(header, fields))))
     except csv.Error as err:
         raise FedSiloError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({err})") from None
     return rows
 
 
-def _parse_jsonl(path: Path, content: str):
+def _parse_jsonl(path: Path, lines: list[str]):
     rows = []
-    for line_no, line in enumerate(content.splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

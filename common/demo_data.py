@@ -6,10 +6,11 @@ plus topic-neutral filler, so a classifier can learn it in a few rounds but not 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import random
 from pathlib import Path
+
+from common.cliparse import Parser
 
 TOPICS = {
     "card": (["my card", "the debit card", "my credit card", "the new card", "my contactless card"],
@@ -67,7 +68,7 @@ def write_demo(out: Path, sites: int = 3, per_site: int = 240, seed: int = 7) ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="fl-demo-data", description="Write the synthetic demo dataset "
+    p = Parser(prog="fl-demo-data", description="Write the synthetic demo dataset "
                                 "(bank customer messages, 4 topics) as one TSV per site.")
     p.add_argument("--out", default="demo-data", help="output folder [default: demo-data]")
     p.add_argument("--sites", type=int, default=3, help="number of site files [default: 3]")

@@ -6,6 +6,8 @@ environment they need on an air-gapped machine, and always stops what it started
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import signal
 import socket
@@ -45,6 +47,8 @@ def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise FedSiloError(f"invalid address {address!r}: use HOST:PORT")
+    if not 1 <= int(port) <= 65535:  # socket calls would fail later with a traceback
+        raise FedSiloError(f"invalid address {address!r}: the port must be 1-65535")
     return host.strip("[]"), int(port)
 
 
@@ -54,15 +58,28 @@ def require_loopback(host: str, what: str) -> None:
 
 
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    """True if `host:port` can be bound; an address that is not this machine's is an error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise FedSiloError(f"cannot listen on {host}:{port}: unknown host ({err})") from None
+    with socket.socket(family) as sock:
+        # Like the servers themselves: connections of a killed predecessor lingering in TIME_WAIT
+        # do not block a restart (an active listener still does).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+            # e.g. EADDRNOTAVAIL: the address belongs to another machine; "in use" would mislead
+            raise FedSiloError(f"cannot listen on {host}:{port} ({err.strerror})") from None
     return True
 
 
 def require_port_free(host: str, port: int) -> None:
+    if not 1 <= port <= 65535:  # bind() would raise OverflowError
+        raise FedSiloError(f"port {port}: use a number from 1 to 65535")
     if not port_free(host, port):
         raise FedSiloError(f"port {port} on {host} is already in use (another fl-server? "
                            "pick one with --port)")
@@ -89,12 +106,22 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float, 
     raise FedSiloError(f"{what} did not open {host}:{port} within {timeout:.0f}s")
 
 
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM it when its parent dies, even by SIGKILL (Linux).
+
+    A coordinator killed with kill -9 (or by the OOM killer) runs no cleanup; without this its
+    SuperLink would keep the port and the run directory's database, and a restart would fail."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def spawn(cmd: list[str], env: dict, log_path: Path | None = None) -> subprocess.Popen:
-    """Start a child in its own process group (so stopping it stops its children too)."""
+    """Start a child in its own process group (so stopping it stops its children too); it is
+    terminated if this process dies without stopping it."""
     out = open(log_path, "ab") if log_path else None
     try:
         return subprocess.Popen(cmd, env=env, stdout=out or None, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     finally:
         if out:
             out.close()

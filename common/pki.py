@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -116,3 +117,25 @@ def check_certificate(path: Path, what: str) -> x509.Certificate:
     if cert.not_valid_before_utc > now:
         raise FedSiloError(f"{what} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
     return cert
+
+
+def check_issued_by(cert: x509.Certificate, ca: x509.Certificate, cert_path: Path, ca_path: Path) -> None:
+    """A server certificate from another federation fails every site's TLS handshake; say so now."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise FedSiloError(f"server certificate {cert_path} is not signed by the CA certificate {ca_path} "
+                           "(files from two different federations?)") from None
+
+
+def check_private_key(path: Path, what: str, cert: x509.Certificate | None = None) -> None:
+    """A PEM private key that loads (and, given `cert`, belongs to it); one line if not."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise FedSiloError(f"{what} {path} not found") from None
+    except (OSError, ValueError, TypeError) as err:
+        raise FedSiloError(f"{what} {path} is not a usable PEM private key ({err})") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert is not None and key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise FedSiloError(f"{what} {path} does not belong to the certificate beside it")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from common.cliparse import Parser
 from common.audit import LOG_START, VerifyResult, load_public_key, printable, trust, verify_log
 from common.errors import FedSiloError, cli_entry
 
@@ -24,7 +25,7 @@ key written in its own first record, which shows it is consistent, not who wrote
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-audit", description=DESCRIPTION, epilog=EPILOG)
+    p = Parser(prog="fl-audit", description=DESCRIPTION, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     verify = sub.add_parser("verify", help="check every record; print OK and the head hash",
                             description="Check every record of LOG: fields, sequence, hash chain, "

@@ -4,6 +4,11 @@
     fl-server enroll --dir FED --site A [--public-key A.pub]      a site's key and kit
     fl-server [run]  --federation FED --labels ...                 TLS, enrolled sites, SecAgg+
     fl-server [run]  --insecure --labels ...                       plaintext on 127.0.0.1 only
+    fl-server resume RUN_DIR                                       continue a killed run
+
+Every run writes a checkpoint after each round. Started again with the same options and
+--run-dir (or with `fl-server resume RUN_DIR`), a killed run goes on after its last finished
+round; the sites keep running and reconnect by themselves.
 
 A run starts Flower's SuperLink on 127.0.0.1 only (its Control API must never face sites),
 registers every enrolled site's key with it, opens the gateway (server/gateway.py) on the
@@ -15,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common.cliparse import Parser, port_arg, port_or_zero_arg
 from common.config import add_run_options, run_config_from_args
 from common.errors import FedSiloError, cli_entry
+from common.files import atomic_write_json
 from common.launch import (
     flower_env,
     flower_script,
@@ -34,32 +42,31 @@ from common.launch import (
     wait_for_port,
     write_flwr_home,
 )
-from common.model import check_model
 from server.federation import Federation
 from server.run_dir import RunDir
 from server.submit import finish, submit_and_stream
 
-COMMANDS = ("init", "enroll", "run")
+COMMANDS = ("init", "enroll", "run", "resume")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
              "learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold",
-             "round-timeout")
+             "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "max-update-norm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-server", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="fl-server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", metavar="{init,enroll,run}")
+    sub = p.add_subparsers(dest="command", metavar="{init,enroll,run,resume}")
 
     init = sub.add_parser("init", help="create a federation folder: CA, server certificate, server key")
     init.add_argument("--dir", required=True, help="federation folder to create")
     init.add_argument("--host", action="append", required=True,
                       help="host name or IP address sites use to reach the server (repeatable; the first "
                            "goes into site kits)")
-    init.add_argument("--port", type=int, default=9092, help="port sites connect to [default: 9092]")
+    init.add_argument("--port", type=port_arg, default=9092, help="port sites connect to [default: 9092]")
 
     enroll = sub.add_parser("enroll", help="enroll a site: its key pair and a kit to hand over")
     enroll.add_argument("--dir", required=True, help="the federation folder")
@@ -72,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--insecure", action="store_true",
                      help="plaintext without TLS or site keys; only on a loopback address")
     run.add_argument("--host", help="address the gateway listens on [default: the federation's, or 127.0.0.1]")
-    run.add_argument("--port", type=int, help="port sites connect to [default: the federation's, or 9092]")
+    run.add_argument("--port", type=port_or_zero_arg, help="port sites connect to [default: the federation's, or 9092]")
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
     add_run_options(run, keys=list(_RUN_KEYS))
+
+    resume = sub.add_parser("resume", help="continue a killed run from its run directory, with the "
+                                           "options it was started with")
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of the killed run")
     return p
 
 
@@ -95,7 +106,27 @@ def main(argv=None) -> int:
         print(f"fl-server: site {args.site} enrolled; hand {kit} to the site "
               f"(it starts with: fl-client --kit {kit} --data FILE)")
         return 0
+    if args.command == "resume":
+        return run(resume_args(Path(args.run_dir)))
+    args.argv = argv[1:]
     return run(args)
+
+
+def resume_args(run_dir: Path) -> argparse.Namespace:
+    """The options a run in `run_dir` was started with (RUN_DIR/command.json)."""
+    try:
+        saved = json.loads((run_dir / "command.json").read_text(encoding="utf-8"))
+        cwd, argv = saved["cwd"], list(saved["argv"])
+    except FileNotFoundError:
+        raise FedSiloError(f"{run_dir} is not the run directory of an fl-server run (no command.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FedSiloError(f"{run_dir}/command.json is damaged ({err})") from None
+    if not (run_dir / "state.json").exists():
+        raise FedSiloError(f"{run_dir}: the run finished no round yet; start it again with its options")
+    os.chdir(cwd)  # relative paths in the saved options are relative to where it was started
+    args = build_parser().parse_args(["run", *argv, "--run-dir", str(run_dir.resolve())])
+    args.argv = argv
+    return args
 
 
 def run(args) -> int:
@@ -121,8 +152,16 @@ def run(args) -> int:
     if args.insecure:
         require_loopback(host, "--insecure")
     require_port_free(host, port)
+    from common.model import check_model  # imports torch: only for a run, not for init / enroll / refusals
+
     check_model(cfg.model)
+    resumed = RunDir(run_dir).resume_point(cfg) if (run_dir / "state.json").exists() else None
     rd = RunDir(run_dir)
+    # What `fl-server resume` restarts with (it adds --run-dir; argparse takes the last one).
+    atomic_write_json(rd.path / "command.json", {"cwd": os.getcwd(), "argv": args.argv})
+    if resumed:
+        print(f"fl-server: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
+              flush=True)
     with Coordinator(rd, fed, host, port) as coordinator:
         print(f"fl-server: sites connect to {host}:{port} ({'TLS' if fed else 'plaintext'}); run directory {rd.path}",
               flush=True)

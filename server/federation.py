@@ -18,8 +18,10 @@ from pathlib import Path
 
 from common.errors import FedSiloError
 from common.files import atomic_write_json
-from common.pki import check_certificate, make_ca, make_node_key, make_server_cert
+from common.launch import split_address
+from common.pki import check_certificate, check_issued_by, check_private_key, make_ca, make_node_key, make_server_cert
 
+META_KEYS = ("address", "hosts")  # federation.json, as init() writes it
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -40,11 +42,27 @@ class Federation:
 
     def meta(self) -> dict:
         try:
-            return json.loads(self.meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FedSiloError(f"{self.path} is not a federation folder (run fl-server init first)") from None
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise FedSiloError(f"{self.meta_path} is unreadable ({err})") from None
+        # Exactly what init() writes: a hand-edited file fails here, not as a KeyError later.
+        if not isinstance(meta, dict):
+            raise FedSiloError(f"{self.meta_path} must be a JSON object with the keys {', '.join(META_KEYS)}")
+        missing = [k for k in META_KEYS if k not in meta]
+        unknown = sorted(set(meta) - set(META_KEYS))
+        if missing or unknown:
+            problem = "; ".join(filter(None, [missing and f"missing key(s) {', '.join(missing)}",
+                                              unknown and f"unknown key(s) {', '.join(unknown)}"]))
+            raise FedSiloError(f"{self.meta_path}: {problem}")
+        if not isinstance(meta["address"], str):
+            raise FedSiloError(f"{self.meta_path}: address {meta['address']!r} is not HOST:PORT")
+        try:
+            split_address(meta["address"])
+        except FedSiloError as err:
+            raise FedSiloError(f"{self.meta_path}: {err}") from None
+        return meta
 
     @property
     def ca(self) -> Path:
@@ -64,10 +82,11 @@ class Federation:
     def check(self) -> dict:
         """Everything fl-server needs to start TLS, checked up front."""
         meta = self.meta()
-        check_certificate(self.ca, "CA certificate")
-        check_certificate(self.server_cert, "server certificate")
-        if not self.server_key.is_file():
-            raise FedSiloError(f"server key {self.server_key} not found")
+        ca = check_certificate(self.ca, "CA certificate")
+        server = check_certificate(self.server_cert, "server certificate")
+        check_issued_by(server, ca, self.server_cert, self.ca)
+        # A broken key would only show as "the SuperLink exited" after the run directory exists.
+        check_private_key(self.server_key, "server key", server)
         return meta
 
     # ---------------------------------------------------------------- writing

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cliparse import Parser
 from common.errors import FedSiloError, cli_entry
 
 DESCRIPTION = """Classify texts with the final global model of a FedSilo run directory.
@@ -16,7 +17,7 @@ Prints one JSON object per text: the predicted label and its probability."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-predict", description=DESCRIPTION)
+    p = Parser(prog="fl-predict", description=DESCRIPTION)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by fl-server or fl-sim")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from common.cliparse import Parser
 from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
 from common.errors import FedSiloError, cli_entry
@@ -22,7 +23,7 @@ Each virtual site splits its share into train/eval with the seed, exactly as a r
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-sim", description=DESCRIPTION)
+    p = Parser(prog="fl-sim", description=DESCRIPTION)
     p.add_argument("--sites", type=int, required=True, metavar="N", help="number of virtual sites")
     p.add_argument("--data", required=True, metavar="FILE",
                    help="labelled data file (.csv, .tsv or .jsonl) to partition over the sites")

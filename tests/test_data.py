@@ -110,3 +110,15 @@ def test_dirichlet_partition_skews_labels():
 def test_partition_rejects_more_sites_than_records():
     with pytest.raises(FedSiloError, match="cannot split 3 records over 5 sites"):
         partition(np.zeros(3, dtype=int), 5, "iid", 0.5, 0)
+
+
+def test_line_limit_boundary_and_unicode_line_separators(tmp_path):
+    from common.data import MAX_LINE_BYTES
+
+    text = "x" * (MAX_LINE_BYTES - len("\tpos"))  # the longest line allowed (its line break not counted)
+    path = write(tmp_path, "d.tsv", f"text\tlabel\n{text}\tpos\nsplit\u2028not\tneg\n")
+    rec = read_records(path)
+    assert rec.texts == [text, "split\u2028not"] and rec.labels == ["pos", "neg"]
+    write(tmp_path, "d.tsv", f"text\tlabel\n{text}y\tpos\n")
+    with pytest.raises(FedSiloError, match=r"d.tsv:2: line longer than 1 MiB"):
+        read_records(path)

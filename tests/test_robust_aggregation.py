@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.helpers import LABELS, ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
