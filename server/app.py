@@ -7,6 +7,8 @@ stack on which Flower's SecAgg+ workflow runs.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from importlib.metadata import version
 from logging import ERROR, INFO
@@ -20,6 +22,7 @@ from flwr.serverapp import ServerApp
 
 from common.config import RunConfig
 from common.errors import FedSiloError
+from common.launch import COORDINATOR_ENV, process_identity
 from common.audit import AuditLog, generate_key
 from common.model import (
     EMBEDDED_MODEL,
@@ -84,7 +87,28 @@ def main(grid: Grid, context: Context) -> None:
         raise SystemExit(2) from None
 
 
+def watch_coordinator(interval: float = 1.0) -> None:
+    """End this ServerApp as soon as the fl-server / fl-sim that started it is gone.
+
+    Killed with SIGKILL, a coordinator cannot stop the ServerApp (two sessions below it); left
+    alone it would run on until its waits time out, writing into the run directory that a
+    resumed coordinator is using by then."""
+    identity = os.environ.get(COORDINATOR_ENV, "")
+    if not identity:
+        return  # started by hand with `flwr run`: nobody to watch
+    pid = int(identity.split(":")[0])
+
+    def watch() -> None:
+        while process_identity(pid) == identity:
+            time.sleep(interval)
+        log(ERROR, "FedSilo: the coordinator (pid %d) is gone; this ServerApp stops", pid)
+        os._exit(3)  # no cleanup: whatever it would write belongs to the resumed run now
+
+    threading.Thread(target=watch, name="watch-coordinator", daemon=True).start()
+
+
 def run(grid: Grid, context: Context) -> None:
+    watch_coordinator()
     cfg = RunConfig.from_dict(dict(context.run_config))
     cfg.require_labels()
     run_dir = RunDir(cfg.run_dir or Path.cwd() / "runs" / str(context.run_id))

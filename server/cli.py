@@ -31,6 +31,7 @@ from common.config import add_run_options, run_config_from_args
 from common.errors import FedSiloError, cli_entry
 from common.files import atomic_write_json
 from common.launch import (
+    coordinator_env,
     flower_env,
     flower_script,
     free_port,
@@ -183,7 +184,7 @@ class Coordinator:
     def __enter__(self) -> "Coordinator":
         logs = self.rd.path / "logs"
         logs.mkdir(exist_ok=True)
-        env = flower_env(self.rd.path / ".flwr")
+        env = coordinator_env(flower_env(self.rd.path / ".flwr"))
         try:
             if self.fed is None:
                 self._superlink(["--insecure"], self.host, self.port, env, logs)

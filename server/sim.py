@@ -11,7 +11,7 @@ from common.cliparse import Parser
 from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
 from common.errors import FedSiloError, cli_entry
-from common.launch import flower_env, flower_script, free_port, spawn, stop, wait_for_port
+from common.launch import coordinator_env, flower_env, flower_script, free_port, spawn, stop, wait_for_port
 from common.model import check_model
 from common.privacy import add_privacy_options, privacy_from_args
 from server.run_dir import RunDir
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                        "--host", "127.0.0.1", "--port", str(port),
                        "--database", str(rd.path / "superlink.db"),
                        "--disable-runtime-dependency-installation"],
-                      flower_env(rd.path / ".flwr"), log_path)
+                      coordinator_env(flower_env(rd.path / ".flwr")), log_path)
     try:
         wait_for_port("127.0.0.1", port, superlink, 60, "the simulation SuperLink", log_path)
         federation = (f"num-supernodes={args.sites} client-resources-num-cpus={args.cpus_per_site} "

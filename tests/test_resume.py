@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from common.audit import verify_log
-from common.launch import free_port, port_free
+from common.launch import COORDINATOR_ENV, free_port, port_free, process_identity
 from tests.helpers import LABELS, site_file, start, stop_all, wait_for_text
 
 pytestmark = pytest.mark.slow
@@ -35,11 +35,17 @@ def start_sites(demo_dir, tmp_path, port, tag, logs):
     return procs
 
 
-def processes_using(path) -> list[str]:
+def processes_of(coordinator: str, run_dir) -> list[str]:
+    """Processes started (directly or further down) by the coordinator `coordinator`, or naming
+    its run directory: the SuperLink, the gateway, `flwr run`, and the ServerApp."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if str(path) in cmd and "pytest" not in cmd:
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.environ().get(COORDINATOR_ENV)
+        except psutil.Error:
+            continue
+        if env == coordinator or str(run_dir) in cmd and "pytest" not in cmd:
             found.append(cmd[:160])
     return found
 
@@ -61,14 +67,18 @@ def test_killed_server_resumes_after_its_last_round(tiny_model, demo_dir, tmp_pa
         sites = start_sites(demo_dir, tmp_path, port, "killed", logs)
         # Round 1 is finished and round 2 has just been sent to the sites: kill -9 now.
         wait_for_text(tmp_path / "server-1.log", f"round 1/{ROUNDS} |", server, timeout=300)
+        coordinator = process_identity(server.pid)
+        before = processes_of(coordinator, run_dir)
+        assert any("flwr-serverapp" in cmd for cmd in before), before  # the watch can see the ServerApp
         os.kill(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
 
-        # The coordinator's children went with it: the port is free and no process holds the run dir.
+        # Everything the coordinator started went with it, the ServerApp too: the port is free and
+        # no process is left that could write into the run directory.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not port_free("127.0.0.1", port) or processes_using(run_dir)):
+        while time.monotonic() < deadline and (not port_free("127.0.0.1", port) or processes_of(coordinator, run_dir)):
             time.sleep(0.5)
-        assert port_free("127.0.0.1", port) and not processes_using(run_dir), processes_using(run_dir)
+        assert port_free("127.0.0.1", port) and not processes_of(coordinator, run_dir), processes_of(coordinator, run_dir)
         state = json.loads((run_dir / "state.json").read_text())
         assert state["last_round"] == 1 and state["completed_rounds"] == [1]
         assert not (run_dir / "summary.json").exists()
