@@ -128,20 +128,55 @@ def spawn(cmd: list[str], env: dict, log_path: Path | None = None) -> subprocess
 
 
 def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """SIGTERM the child's process group, then SIGKILL what is left after `grace` seconds."""
+    """SIGTERM the child's process group and those of its descendants, then SIGKILL what is left
+    after `grace` seconds.
+
+    The descendants' groups matter: the SuperLink starts its SuperExec in a session of its own,
+    and the SuperExec the ServerApp; killing the SuperLink's group alone left that ServerApp
+    running on, orphaned, until its wait for sites (--round-timeout) ran out
+    (tests/test_network_faults.py)."""
     if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
         return
+    groups = _groups_below(proc.pid)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             proc.poll()
-            if not _group_alive(proc.pid):
+            if not any(_group_alive(pgid) for pgid in groups):
                 return
             time.sleep(0.1)
+
+
+def _groups_below(pid: int) -> list[int]:
+    """The process group `pid` leads, and the groups of every process below it (Linux /proc;
+    elsewhere only the first), never this process's own group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # the name in (...) may hold spaces
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    groups, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                pgid = os.getpgid(child)
+            except ProcessLookupError:
+                continue
+            if pgid not in groups and pgid != os.getpgrp():
+                groups.append(pgid)
+    return groups
 
 
 def _group_alive(pgid: int) -> bool:
@@ -171,3 +206,37 @@ def app_dir() -> Path:
         raise FedSiloError(f"the FedSilo app folder (pyproject.toml + server/ client/ common/) was not "
                            f"found at {root}; install FedSilo from its source tree (pip install -e .)")
     return root
+
+
+# The ServerApp runs three processes below the coordinator (SuperLink -> SuperExec -> ServerApp),
+# each in a session of its own: a coordinator killed with SIGKILL cannot stop it, and an orphaned
+# ServerApp would go on writing into the run directory of the resumed run. The coordinator's
+# identity travels down in the environment; the ServerApp watches it (server/app.py).
+COORDINATOR_ENV = "FEDSILO_COORDINATOR"
+
+
+def process_identity(pid: int) -> str | None:
+    """'PID:START' (start time in clock ticks since boot; a reused pid has another), or None
+    when no such process lives (Linux /proc; elsewhere the pid alone)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return str(pid)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":  # a zombie has died already
+        return None
+    return f"{pid}:{int(fields[19])}"
+
+
+def coordinator_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for the SuperLink of a coordinator (fl-server, fl-sim): names this process."""
+    return {**env, COORDINATOR_ENV: process_identity(os.getpid()) or str(os.getpid())}
