@@ -143,7 +143,8 @@ class FedSiloStrategy(FedAvg):
         }
         for name, res in sites.items():
             self.site_privacy[name] = {k: res.metrics[k] for k in PRIVACY_KEYS if k in res.metrics}
-        self.round_record["fit_failures"] = failure_texts
+        # Flower's SecAgg+ workflow reports some failures twice
+        self.round_record["fit_failures"] = failure_texts = list(dict.fromkeys(failure_texts))
         for text in failure_texts:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
         if not results:  # sites that refused (budget) or failed are left out; one answer suffices
@@ -233,6 +234,7 @@ class FedSiloStrategy(FedAvg):
             "eval_failures": [_failure_text(f) for f in failures],
             "seconds": round(time.monotonic() - self._round_start, 2),
             "status": "failed" if server_round in self.failed_rounds else "ok",
+            "failed_reason": self.failed_rounds.get(server_round),
         })
         self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
         self._audit_round(server_round, record)
@@ -247,7 +249,7 @@ def round_line(record: dict, rounds: int) -> str:
     """The one line per round the coordinator sees."""
     parts = [f"round {record['round']}/{rounds}"]
     if record.get("status") == "failed":
-        parts.append("FAILED (model unchanged)")
+        parts.append(f"FAILED (model unchanged): {record.get('failed_reason') or 'see the log'}")
     if record.get("eval_examples"):
         parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
     else:
