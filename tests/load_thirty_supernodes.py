@@ -1,0 +1,87 @@
+"""Load: 30 real SuperNodes (one fl-client each) on 127.0.0.1 complete 3 rounds with one coordinator.
+
+NOT YET PASSING, so not collected by the suite (the name does not start with test_); run it with
+`python -m pytest tests/load_thirty_supernodes.py -s`. On 2 cores the run ends before round 1:
+with 30 SuperNodes, and 30 ClientApp processes importing torch at once, the SuperLink's SQLite
+state (--database RUN_DIR/superlink.db) fails writes with "database is locked"; the ServerApp's
+task then lapses and Flower finishes the run. Seen twice (2026-11-29), also with the sites
+at nice 15 and started one after another. Open in issue 5.
+"""
+
+import json
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from common.demo_data import make_messages, write_tsv
+from common.launch import free_port
+from tests.helpers import BIN, LABELS, start, stop_all, wait_for_text
+
+pytestmark = pytest.mark.slow
+
+SITES, ROUNDS, PER_SITE = 30, 3, 30
+
+
+class PeakMemory(threading.Thread):
+    """Peak resident memory of this test's process tree (coordinator, sites, Flower's children)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stopped = 0, threading.Event()
+
+    def run(self):
+        me = psutil.Process()
+        while not self.stopped.wait(1.0):
+            total = 0
+            for proc in me.children(recursive=True):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def test_thirty_supernodes_complete_three_rounds(tiny_model, tmp_path):
+    rows = make_messages(SITES * PER_SITE, seed=5)
+    names = [f"s{i:02d}" for i in range(1, SITES + 1)]
+    port, run_dir = free_port(), tmp_path / "run"
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", *names)}
+    monitor = PeakMemory()
+    monitor.start()
+    started = time.monotonic()
+    # Plain aggregation: this measures how the coordinator copes with many sites; SecAgg+ at 10
+    # sites is measured in bench/secagg_overhead.py.
+    server = start("fl-server", "--insecure", "--port", port, "--run-dir", run_dir, "--labels", LABELS,
+                   "--model", tiny_model, "--rounds", ROUNDS, "--min-sites", SITES, "--trainable", "full",
+                   "--batch-size", 16, "--no-secure-aggregation", "--round-timeout", 900, log=logs["server"])
+    clients = []
+    try:
+        wait_for_text(tmp_path / "server.log", "waiting for", server, timeout=90)
+        for i, name in enumerate(names):
+            data = write_tsv(tmp_path / f"{name}.tsv", rows[i * PER_SITE:(i + 1) * PER_SITE])
+            # Sites would be separate machines: here they share 2 cores with the coordinator, so
+            # they run at low priority (a starved ServerApp misses its heartbeats to the
+            # SuperLink, which then ends the run), and start one after the other.
+            clients.append(subprocess.Popen(
+                ["nice", "-n", "15", str(BIN / "fl-client"), "--site", name, "--server", f"127.0.0.1:{port}",
+                 "--insecure", "--data", str(data), "--no-dp"],
+                stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True))
+            wait_for_text(tmp_path / f"{name}.log", "connecting to", clients[-1], timeout=120)
+        code = server.wait(timeout=1500)
+    finally:
+        stop_all(server, *clients)
+        monitor.stopped.set()
+        for fh in logs.values():
+            fh.close()
+    out = (tmp_path / "server.log").read_text()
+    assert code == 0, out[-4000:]
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(sorted(r["fit"]) == names and r["status"] == "ok" for r in rounds), rounds
+    assert all(len(r["site_accuracy"]) == SITES for r in rounds)
+    print(f"\n{SITES} SuperNodes, {ROUNDS} rounds: {time.monotonic() - started:.0f} s wall, "
+          f"peak memory of all processes {monitor.peak / 2**30:.1f} GiB; "
+          f"round seconds {[r['seconds'] for r in rounds]}")
