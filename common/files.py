@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -21,6 +22,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # A writer killed with SIGKILL between mkstemp and the rename leaves its temporary file; the
+    # next successful write of the same file removes it (each file here has a single writer).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return path
 

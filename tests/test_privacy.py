@@ -135,6 +135,10 @@ def test_ledger_is_intact_after_kill_9_at_random_moments_and_a_restart_continues
         assert rounds == list(range(1, len(rounds) + 1)) and len(rounds) >= seen
         seen = len(rounds)
     assert seen > 0
+    led.charge(site="B", run_id="restart", server_round=seen + 1, noise_multiplier=50.0, sample_rate=0.01,
+               steps=1, budget=1e9)
+    assert [e["round"] for e in PrivacyLedger(path, FP, 500, 1e-5, "rdp").entries] == list(range(1, seen + 2))
+    # a temporary file left by a kill mid-write is gone after the next write
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -242,3 +246,15 @@ def test_micro_batches_give_the_same_step_as_one_padded_batch(batch_setup):
     whole = private_gradient(model, data, pad_id, 0.05, ghost=False, micro=1000)
     split = private_gradient(model, data, pad_id, 0.05, ghost=False, micro=2)
     torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-8)
+
+
+def test_a_write_removes_the_temporary_file_a_killed_writer_left(tmp_path):
+    from common.files import atomic_write_json
+
+    target = tmp_path / "ledger.json"
+    left = tmp_path / ".ledger.json.k3x9q.tmp"  # what mkstemp made before the writer was killed
+    left.write_text('{"half": ')
+    other = tmp_path / ".other.json.a1b2.tmp"  # another file's: not touched
+    other.write_text("x")
+    atomic_write_json(target, {"ok": True})
+    assert not left.exists() and other.exists() and target.read_text().startswith("{")
