@@ -27,7 +27,7 @@ from flwr.common import (
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
-from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
+from flwr.server.strategy.aggregate import aggregate, aggregate_krum, aggregate_median, aggregate_trimmed_avg
 from logging import INFO, WARNING
 
 from common.audit import AuditLog
@@ -132,10 +132,12 @@ class FedSiloStrategy(FedAvg):
         if silent > 0 and not self.cfg.secure_aggregation:
             failure_texts.append(f"{silent} site(s) sent no update within round-timeout "
                                  f"({self.cfg.round_timeout:.0f}s)")
-        if not self.cfg.secure_aggregation:  # under SecAgg+ the one result is already the sum
-            results, rejected = self._validate(results)
+        if self.cfg.secure_aggregation:  # the one result is already the sum: no site to judge
+            accepted = [(proxy, res, parameters_to_ndarrays(res.parameters)) for proxy, res in results]
+        else:
+            accepted, rejected = self._validate(results)
             failure_texts += rejected
-        sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res in results}
+        sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res, _ in accepted}
         self.round_record["fit"] = {
             name: {"examples": res.num_examples,
                    **{k: v for k, v in res.metrics.items() if k != "site"}}
@@ -147,12 +149,12 @@ class FedSiloStrategy(FedAvg):
         self.round_record["fit_failures"] = failure_texts = list(dict.fromkeys(failure_texts))
         for text in failure_texts:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
-        if not results:  # sites that refused (budget) or failed are left out; one answer suffices
+        if not accepted:  # sites that refused (budget) or failed are left out; one answer suffices
             reason = "no site returned a valid update"
             self.failed_rounds[server_round] = reason
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, reason)
             return None, {}
-        deltas = self._combine(server_round, results, failures)
+        deltas = self._combine([(update, res.num_examples) for _, res, update in accepted])
         problem = update_problem(deltas, self.global_weights, check_dtype=False)
         if problem:  # a SecAgg+ sum is checked too: a site's garbage is caught here, if not by name
             self.failed_rounds[server_round] = f"aggregate refused: {problem}"
@@ -164,7 +166,8 @@ class FedSiloStrategy(FedAvg):
         return ndarrays_to_parameters(self.global_weights), {}
 
     def _validate(self, results):
-        """Keep the updates that pass common/updates.py; name the senders of the others."""
+        """(proxy, result, decoded update) of each update that passes common/updates.py; the
+        senders of the others named."""
         kept, rejected = [], []
         for proxy, res in results:
             name = str(res.metrics.get("site", f"node {proxy.node_id}"))
@@ -178,15 +181,14 @@ class FedSiloStrategy(FedAvg):
                 rejected.append(f"site {name}: update rejected: {problem}")
                 self.round_record.setdefault("rejected", {})[name] = problem
             else:
-                kept.append((proxy, res))
+                kept.append((proxy, res, update))
         return kept, rejected
 
-    def _combine(self, server_round: int, results, failures) -> list[np.ndarray]:
-        """The mean (or robust) delta of the sites' deltas, with Flower's aggregation rules."""
+    def _combine(self, updates: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
+        """The weighted mean (or robust) delta of the sites' decoded deltas, by Flower's rules."""
         rule = self.cfg.aggregation
         if rule == "fedavg":
-            return parameters_to_ndarrays(super().aggregate_fit(server_round, results, failures)[0])
-        updates = [(parameters_to_ndarrays(res.parameters), res.num_examples) for _, res in results]
+            return aggregate(updates)
         if rule == "median":
             return aggregate_median(updates)
         if rule == "trimmed-mean":
