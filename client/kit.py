@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from common.errors import FedSiloError
+from common.files import read_json_object
 from common.launch import split_address
 from common.pki import check_certificate, check_node_key
 
@@ -19,20 +19,8 @@ SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as server/federat
 def load_kit(kit: str | Path) -> dict:
     """A site kit as fl-client uses it; every missing or broken piece is one clear error."""
     kit = Path(kit).resolve()
-    try:
-        meta = json.loads((kit / "kit.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FedSiloError(f"{kit} is not a site kit (kit.json missing)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FedSiloError(f"{kit}/kit.json is unreadable ({err})") from None
-    if not isinstance(meta, dict):
-        raise FedSiloError(f"{kit}/kit.json must be a JSON object with the keys {', '.join(KIT_KEYS)}")
-    missing = [k for k in KIT_KEYS if k not in meta]
-    unknown = sorted(set(meta) - set(KIT_KEYS))
-    if missing or unknown:
-        problem = "; ".join(filter(None, [missing and f"missing key(s) {', '.join(missing)}",
-                                          unknown and f"unknown key(s) {', '.join(unknown)}"]))
-        raise FedSiloError(f"{kit}/kit.json: {problem} (a kit from fl-server enroll has {', '.join(KIT_KEYS)})")
+    meta = read_json_object(kit / "kit.json", KIT_KEYS, f"{kit} is not a site kit (kit.json missing)",
+                            f" (a kit from fl-server enroll has {', '.join(KIT_KEYS)})")
     if not isinstance(meta["site"], str) or not SITE_NAME.match(meta["site"]):
         raise FedSiloError(f"{kit}/kit.json: site {meta['site']!r} is not a valid site name")
     if not isinstance(meta["server"], str):

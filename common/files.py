@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from common.errors import FedSiloError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
@@ -52,3 +54,23 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json_object(path: Path, keys: tuple[str, ...], missing_file: str, hint: str = "") -> dict:
+    """A small JSON file FedSilo wrote (a kit, a federation): an object with exactly `keys`.
+    Anything else, hand-edited or damaged, is one clear error here rather than a KeyError later."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedSiloError(missing_file) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FedSiloError(f"{path} is unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise FedSiloError(f"{path} must be a JSON object with the keys {', '.join(keys)}")
+    missing = [k for k in keys if k not in meta]
+    unknown = sorted(set(meta) - set(keys))
+    if missing or unknown:
+        problem = "; ".join(filter(None, [missing and f"missing key(s) {', '.join(missing)}",
+                                          unknown and f"unknown key(s) {', '.join(unknown)}"]))
+        raise FedSiloError(f"{path}: {problem}{hint}")
+    return meta

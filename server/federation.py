@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 from common.errors import FedSiloError
-from common.files import atomic_write_json
+from common.files import atomic_write_json, read_json_object
 from common.launch import split_address
 from common.pki import check_certificate, check_issued_by, check_private_key, make_ca, make_node_key, make_server_cert
 
@@ -41,21 +40,9 @@ class Federation:
         return self.path / "federation.json"
 
     def meta(self) -> dict:
-        try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FedSiloError(f"{self.path} is not a federation folder (run fl-server init first)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise FedSiloError(f"{self.meta_path} is unreadable ({err})") from None
         # Exactly what init() writes: a hand-edited file fails here, not as a KeyError later.
-        if not isinstance(meta, dict):
-            raise FedSiloError(f"{self.meta_path} must be a JSON object with the keys {', '.join(META_KEYS)}")
-        missing = [k for k in META_KEYS if k not in meta]
-        unknown = sorted(set(meta) - set(META_KEYS))
-        if missing or unknown:
-            problem = "; ".join(filter(None, [missing and f"missing key(s) {', '.join(missing)}",
-                                              unknown and f"unknown key(s) {', '.join(unknown)}"]))
-            raise FedSiloError(f"{self.meta_path}: {problem}")
+        meta = read_json_object(self.meta_path, META_KEYS,
+                                f"{self.path} is not a federation folder (run fl-server init first)")
         if not isinstance(meta["address"], str):
             raise FedSiloError(f"{self.meta_path}: address {meta['address']!r} is not HOST:PORT")
         try:
