@@ -23,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from client import worker
 from client.app_guard import APPROVED_ENV, installed_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this site's signed audit log [default: DATA.audit.jsonl next to the data]")
     p.add_argument("--redaction-config", metavar="FILE", default=None,
                    help='JSON file choosing what to redact: {"entities": ["EMAIL", ...]} or {"enabled": false}')
+    p.add_argument("--no-site-worker", action="store_true",
+                   help="do every task in Flower's per-message ClientApp process, which imports torch and "
+                        "loads the model and data again for each message (slower; kept to measure the "
+                        "difference, bench/round_efficiency.py)")
     add_privacy_options(p)
     return p
 
@@ -164,14 +169,32 @@ def main(argv=None) -> int:
         env = flower_env()
         env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
         env[APPROVED_ENV] = installed_app_hash()
-        print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
-              f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
+        # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
+        # a SecAgg+ round has five of them.
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
         session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
-        return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
-                                         "--port", str(args.port or free_port()),
-                                         "--max-wait-time", str(args.max_wait), *retries], env, server, args.max_wait,
-                             session)
+        env.pop(worker.ADDRESS_ENV, None)  # never an outer fl-client's worker
+        site_worker = None
+        if not args.no_site_worker:
+            site_worker, worker_vars = worker.start(Path(tmp), env)
+            env.update(worker_vars)
+        watch = worker.Watch(site_worker)
+        print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
+              f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
+        try:
+            return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
+                                             "--port", str(args.port or free_port()),
+                                             "--max-wait-time", str(args.max_wait), *retries], env, server,
+                                 args.max_wait, session)
+        except KeyboardInterrupt:
+            if watch.died is not None:
+                raise FedSiloError(f"the site's training worker stopped (exit code {watch.died}); "
+                                   "this site left the federation: restart fl-client") from None
+            raise
+        finally:
+            watch.closing = True
+            stop(site_worker)
 
 
 class SessionMark:

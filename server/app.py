@@ -54,16 +54,31 @@ SECAGG_MAX_WEIGHT = 100_000.0
 
 
 class BoundedGrid:
-    """Flower's Grid, except that waiting for the sites' replies ends after round-timeout.
+    """Flower's Grid, except that waiting for the sites' replies ends after round-timeout, and
+    replies are looked for every REPLY_POLL_S.
 
     The compat workflow calls send_and_receive without a timeout, which waits forever for a site
-    whose reply never comes; a site that misses the deadline is left out of that round instead."""
+    whose reply never comes; a site that misses the deadline is left out of that round instead.
+    Flower's own loop also sleeps 3 s between looks, which a SecAgg+ round (five exchanges)
+    pays up to five times."""
+
+    REPLY_POLL_S = 0.5
 
     def __init__(self, grid: Grid, timeout: float):
         self._grid, self._timeout = grid, timeout
 
     def send_and_receive(self, messages, *, timeout: float | None = None):
-        return self._grid.send_and_receive(messages, timeout=timeout or self._timeout)
+        waiting = set(self._grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout or self._timeout)
+        replies = []
+        while waiting:
+            got = list(self._grid.pull_messages(waiting))
+            replies += got
+            waiting -= {msg.metadata.reply_to_message_id for msg in got}
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(self.REPLY_POLL_S)
+        return replies
 
     def __getattr__(self, name):
         return getattr(self._grid, name)

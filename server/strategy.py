@@ -215,6 +215,7 @@ class FedSiloStrategy(FedAvg):
         k = len(self.cfg.labels)
         total = np.zeros((k, k), dtype=np.int64)
         per_site: dict[str, np.ndarray] = {}
+        timings: dict[str, dict[str, float]] = {}  # seconds each site spent, by step
         for proxy, res in results:
             if "confusion" not in res.metrics:
                 continue
@@ -222,8 +223,10 @@ class FedSiloStrategy(FedAvg):
             if confusion.shape != (k, k) or (confusion < 0).any():
                 log(WARNING, "round %d: ignoring a malformed evaluation report", server_round)
                 continue
-            per_site[str(res.metrics.get("site", proxy.node_id))] = confusion
+            name = str(res.metrics.get("site", proxy.node_id))
+            per_site[name] = confusion
             total += confusion
+            timings[name] = {k: float(v) for k, v in res.metrics.items() if k.startswith("time_")}
         overall = report_dict(total, self.cfg.labels)
         sites = {name: report_dict(c, self.cfg.labels) for name, c in sorted(per_site.items())}
         self.close_rounds()
@@ -234,6 +237,7 @@ class FedSiloStrategy(FedAvg):
             "eval_examples": int(total.sum()),
             "site_accuracy": {name: rep["accuracy"] for name, rep in sites.items()},
             "eval_failures": [_failure_text(f) for f in failures],
+            "evaluate": timings,
             "seconds": round(time.monotonic() - self._round_start, 2),
             "status": "failed" if server_round in self.failed_rounds else "ok",
             "failed_reason": self.failed_rounds.get(server_round),

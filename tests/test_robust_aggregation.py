@@ -25,7 +25,7 @@ from client.app import SiteClient, secure_aggregation_mod, site_errors_mod
 class PoisonedClient(SiteClient):
     def fit(self, parameters, config):
         delta, n, metrics = super().fit(parameters, config)
-        if self.site.name == "sim-0":
+        if metrics["site"] == "sim-0":
             delta = [-10.0 * d for d in delta]
         return delta, n, metrics
 

@@ -24,8 +24,9 @@ PII_ROW = "Dear bank, my name is Mary Johnson, email mary.johnson@example.com, m
 
 # Every metric a site may send, as the README's "What leaves a site" table lists them.
 FIT_FIELDS = {"site", "records", "redactions", "dp", "epsilon", "delta", "budget", "accountant",
-              "noise_multiplier", "sample_rate", "steps", "train_loss"}
-EVAL_FIELDS = {"site", "confusion"}
+              "noise_multiplier", "sample_rate", "steps", "train_loss",
+              "time_load", "time_tokenise", "time_train"}
+EVAL_FIELDS = {"site", "confusion", "time_load", "time_tokenise", "time_evaluate"}
 
 
 def make_context(cfg, tmp_path, data):

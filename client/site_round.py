@@ -1,0 +1,163 @@
+"""One round at a site: the work behind the ClientApp, kept where it can be reused.
+
+receive global trainable weights -> train on local records (DP-SGD unless the site turned it
+off, after charging its own privacy ledger) -> return the delta (never the data).
+
+A `SiteRound` holds what does not change during a run: the site's redacted records, the
+tokenizer, the model and the tokenised splits. `serve()` keeps the last one, so a process that
+answers many messages (fl-client's site worker, a simulation actor) loads and tokenises once
+per run instead of once per message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+import numpy as np
+
+from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
+from client.private_train import DPStepPlan, train_dp
+from client.site import site_data
+from client.train import evaluate_local, train_local
+from common.audit import AuditLog, generate_key
+from common.batching import encode
+from common.config import RunConfig
+from common.errors import FedSiloError
+from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
+from common.privacy import calibrate_noise, sample_rate, steps_per_round
+from common.updates import update_problem
+
+
+class SiteRound:
+    def __init__(self, run_id: str, run_config: dict, node_config: dict):
+        started = time.perf_counter()
+        self.cfg = RunConfig.from_dict(dict(run_config))
+        self.cfg.require_labels()
+        self.site = site_data(self.cfg, dict(node_config))
+        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.model = build_model(self.cfg)
+        self.run_id = str(run_id)
+        loaded = time.perf_counter()
+        self.train_data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length, self.site.train_labels)
+        self.eval_data = encode(self.tokenizer, self.site.eval.texts, self.cfg.max_length, self.site.eval_labels)
+        # Paid by the first message of a run only; reported so a slow round can be explained.
+        self.pending = {"time_load": loaded - started, "time_tokenise": time.perf_counter() - loaded}
+
+    def _setup_seconds(self) -> dict[str, float]:
+        spent, self.pending = self.pending, {"time_load": 0.0, "time_tokenise": 0.0}
+        return {k: round(v, 3) for k, v in spent.items()}
+
+    def audit(self, kind: str, data: dict) -> None:
+        """Append to the site's own signed audit trail (kept next to its data, never sent)."""
+        if not self.site.audit_key.exists():
+            generate_key(self.site.audit_key)  # plaintext/simulation sites have no kit key
+        AuditLog(self.site.audit_log, self.site.audit_key, f"site {self.site.name}").append(
+            kind, {"run_id": self.run_id, **data})
+
+    def fit(self, parameters: list[np.ndarray], config: dict):
+        server_round = int(config.get("server-round", 0))
+        try:
+            return self._fit(parameters, server_round)
+        except BudgetExhausted as err:
+            self.audit("refusal", {"round": server_round, "reason": str(err)})
+            raise
+
+    def _fit(self, parameters, server_round: int):
+        set_weights(self.model, parameters)
+        data = self.train_data
+        desc = f"site {self.site.name} round {server_round}"
+        seed = self.cfg.seed * 100_003 + server_round
+        started = time.perf_counter()
+        if self.site.privacy.dp:
+            stats, report = self._train_private(data, server_round, seed, desc)
+        else:
+            stats = train_local(self.model, data, self.cfg, self.pad_id, seed=seed, desc=desc)
+            # Without DP the site says so in every report it sends.
+            report = {"dp": False, "train_loss": stats["train_loss"]}
+        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3)}
+        # Send the change, not the weights: secure aggregation clips what it is given,
+        # and deltas are small and centred on zero.
+        delta = [new - old for new, old in zip(get_weights(self.model), parameters)]
+        problem = update_problem(delta, parameters, self.cfg.max_update_norm)
+        if problem:  # e.g. training diverged: say so rather than send it (the server would refuse it)
+            self.audit("update_withheld", {"round": server_round, "reason": problem})
+            raise FedSiloError(f"site {self.site.name}: update not sent: {problem}")
+        print(f"{desc}: trained on {len(data)} records in {seconds['time_train']:.1f} s, mean loss "
+              f"{stats['train_loss']:.4f}"
+              + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
+              flush=True)
+        redactions = dict(self.site.redactions)
+        self.audit("round", {"round": server_round, "data_fingerprint": fingerprint(self.site.records),
+                             "received": weights_digest(parameters),
+                             "sent": weights_digest(delta), "redactions": redactions,
+                             **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
+        return delta, len(data), {"site": self.site.name, "records": len(self.site.records),
+                                  "redactions": json.dumps(redactions, sort_keys=True), **report, **seconds}
+
+    def _train_private(self, data, server_round: int, seed: int, desc: str):
+        """Charge the ledger first (refusing past the budget), then run DP-SGD."""
+        privacy, n = self.site.privacy, len(data)
+        delta = privacy.delta_for(len(self.site.records))
+        q = sample_rate(self.cfg.batch_size, n)
+        steps = steps_per_round(q, self.cfg.local_epochs)
+        sigma = calibrate_noise(privacy.target_epsilon, delta, q, steps * self.cfg.rounds, privacy.accountant)
+        ledger = PrivacyLedger(self.site.ledger_path, fingerprint(self.site.records),
+                               len(self.site.records), delta, privacy.accountant)
+        epsilon = ledger.charge(site=self.site.name, run_id=self.run_id, server_round=server_round,
+                                noise_multiplier=sigma, sample_rate=q, steps=steps,
+                                budget=privacy.privacy_budget)
+        plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
+                          max_grad_norm=privacy.max_grad_norm)
+        stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id, seed,
+                         ghost=self.cfg.trainable == "full", desc=desc)
+        # Only privacy bookkeeping travels: the training loss is not DP-protected, so it stays here.
+        return stats, {"dp": True, "epsilon": epsilon, "delta": delta, "budget": privacy.privacy_budget,
+                       "accountant": privacy.accountant, "noise_multiplier": sigma, "sample_rate": q,
+                       "steps": steps}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict):
+        set_weights(self.model, parameters)
+        data = self.eval_data
+        if len(data) == 0:
+            return 0.0, 0, {"site": self.site.name}
+        started = time.perf_counter()
+        loss, confusion = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels))
+        # Aggregate counts only: the confusion matrix of the site's eval split.
+        return loss, len(data), {"site": self.site.name, "confusion": json.dumps(confusion.tolist()),
+                                 **self._setup_seconds(),
+                                 "time_evaluate": round(time.perf_counter() - started, 3)}
+
+
+_current: tuple[tuple, SiteRound] | None = None  # the run and site last served, with its state
+
+
+def serve(request: dict):
+    """Answer one task {"op": "fit"|"evaluate", "run_id", "run_config", "node_config",
+    "parameters", "config"} with the result NumPyClient's fit/evaluate return."""
+    global _current
+    key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str),
+           json.dumps(request["node_config"], sort_keys=True, default=str))
+    if _current is None or _current[0] != key:
+        _current = None  # free the previous run's model before building the next
+        _current = (key, SiteRound(request["run_id"], request["run_config"], request["node_config"]))
+    site = _current[1]
+    if request["op"] == "fit":
+        return site.fit(request["parameters"], request["config"])
+    if request["op"] == "evaluate":
+        return site.evaluate(request["parameters"], request["config"])
+    raise FedSiloError(f"unknown site task {request['op']!r}")
+
+
+def serve_reply(request: dict) -> tuple:
+    """serve() for a process boundary: ("ok", result) or ("error", one-line message) for what the
+    site's operator can fix, ("crash", text) for a bug (its traceback goes to the site's console)."""
+    try:
+        return ("ok", serve(request))
+    except FedSiloError as err:
+        return ("error", str(err))
+    except Exception as err:  # noqa: BLE001 - the worker must outlive one bad task
+        traceback.print_exc()
+        return ("crash", f"{type(err).__name__}: {err}")

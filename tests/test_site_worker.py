@@ -1,0 +1,86 @@
+"""The site worker (client/worker.py): one process per fl-client keeps the model and the tokenised
+data between Flower's per-message ClientApp processes, over an authenticated local socket."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from client import worker
+from common.config import RunConfig
+from common.errors import FedSiloError
+from common.launch import flower_env, free_port, stop
+from common.model import build_model, get_weights
+from tests.helpers import BIN, LABELS, site_file
+
+
+def request(op, cfg, data, tmp_path, parameters, server_round=1):
+    return {"op": op, "run_id": "7", "run_config": cfg.to_flat(), "parameters": parameters,
+            "config": {"server-round": server_round},
+            "node_config": {"site": "A", "data-path": str(data), "dp": False,
+                            "ledger": str(tmp_path / "ledger.json"), "audit-log": str(tmp_path / "audit.jsonl"),
+                            "audit-key": str(tmp_path / "audit.key")}}
+
+
+def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir, tmp_path, monkeypatch):
+    data = site_file(demo_dir, "A", tmp_path)
+    cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "trainable": "full",
+                               "batch-size": 32, "rounds": 2})
+    initial = get_weights(build_model(cfg))
+    proc, env = worker.start(tmp_path, flower_env())
+    try:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        delta, n, first = worker.call(request("fit", cfg, data, tmp_path, initial))
+        assert [d.shape for d in delta] == [w.shape for w in initial] and n == 160
+        assert first["time_load"] > 0 and first["time_train"] > 0
+        moved = [w + d for w, d in zip(initial, delta)]
+        _, _, second = worker.call(request("fit", cfg, data, tmp_path, moved, server_round=2))
+        assert second["time_load"] == 0 and second["time_tokenise"] == 0  # model and tokens kept
+        loss, n_eval, metrics = worker.call(request("evaluate", cfg, data, tmp_path, moved))
+        assert n_eval == 40 and np.isfinite(loss) and "confusion" in metrics
+
+        # A problem the operator can fix comes back as the site's one-line error, and the
+        # worker goes on serving.
+        with pytest.raises(FedSiloError, match="not in the run.s label set"):
+            worker.call(request("fit", RunConfig.from_dict({**cfg.to_flat(), "labels": "x,y"}), data, tmp_path,
+                                initial))
+        # Only a process that holds the key (fl-client's children) can use the worker.
+        monkeypatch.setenv(worker.KEY_ENV, "00" * 32)
+        with pytest.raises(FedSiloError, match="not answering"):
+            worker.call(request("evaluate", cfg, data, tmp_path, moved))
+        monkeypatch.setenv(worker.KEY_ENV, env[worker.KEY_ENV])
+        assert worker.call(request("evaluate", cfg, data, tmp_path, moved))[1] == 40
+    finally:
+        stop(proc)
+    with pytest.raises(FedSiloError, match="not answering"):
+        worker.call(request("evaluate", cfg, data, tmp_path, moved))
+
+
+def test_fl_client_leaves_with_one_line_when_its_worker_dies(demo_dir, tmp_path):
+    data = site_file(demo_dir, "A", tmp_path)
+    # No server listens there: the SuperNode keeps retrying while the worker is killed.
+    client = subprocess.Popen([str(BIN / "fl-client"), "--site", "A", "--insecure", "--data", str(data),
+                               "--server", f"127.0.0.1:{free_port()}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        found = []
+        while not found and time.monotonic() < deadline and client.poll() is None:
+            found = [p for p in psutil.Process(client.pid).children(recursive=True)
+                     if "client.worker" in " ".join(p.cmdline())]
+            time.sleep(0.5)
+        assert found, "fl-client started no site worker"
+        time.sleep(2)
+        found[0].kill()
+        out, err = client.communicate(timeout=60)
+    finally:
+        stop(client)
+    assert client.returncode == 2, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["fl-client: error: the site's training worker stopped (exit code -9); this site left the "
+                     "federation: restart fl-client"], err
+    assert "Traceback" not in out + err
