@@ -40,6 +40,18 @@ def write_shim(bin_dir: Path) -> Path:
 
 
 def main() -> None:
+    """The `flwr-clientapp` the SuperNode starts for each message. Under fl-client's site worker it
+    only asks the worker to run the task (client/worker.py): no flwr or torch import here."""
+    from client import worker
+
+    if worker.worker_env():
+        worker.launch(sys.argv[1:])
+        return
+    run_flower_clientapp(sys.argv[1:])
+
+
+def run_flower_clientapp(argv: list[str]) -> None:
+    """Flower's own flwr-clientapp, refusing any app bundle this site did not approve."""
     import flwr.supernode.runtime.run_clientapp as runtime
     from flwr.supernode.cli import flwr_clientapp
 
@@ -54,5 +66,5 @@ def main() -> None:
         return install(fab_content, *args, **kwargs)
 
     runtime.install_from_fab = install_if_approved
-    sys.argv[0] = "flwr-clientapp"
+    sys.argv = ["flwr-clientapp", *argv]
     sys.exit(flwr_clientapp())

@@ -1,12 +1,17 @@
 """The site worker: one long-lived process per fl-client that does the site's heavy work.
 
 Flower's SuperNode starts a fresh `flwr-clientapp` process for every message (train, evaluate
-and each SecAgg+ stage). Importing torch and loading the model and data there cost seconds per
-message, more than a small round's training. So fl-client starts this worker once: it imports
-torch, and keeps the run's model and tokenised records between messages (client/site_round.py).
-The per-message ClientApp stays light (flwr and numpy only) and forwards each task here over a
-Unix socket in fl-client's private temporary directory, authenticated with a random key that
-only fl-client's children receive (multiprocessing.connection's HMAC handshake).
+and each SecAgg+ stage). Importing flwr's runtime and torch, and loading the model and data
+there, cost seconds of CPU per message: more than a small round's training, and with 30 sites
+on one machine enough to starve the SuperLink. So fl-client starts this worker once. It imports
+all of that once, and:
+  - runs each message's task in a fork of itself (Flower's own flwr-clientapp code, with the
+    app-approval check of client/app_guard.py): the `flwr-clientapp` the SuperNode starts is a
+    few lines that only ask for that fork (`launch`), so a message costs milliseconds of CPU;
+  - keeps the run's model and tokenised records between messages (client/site_round.py): the
+    ClientApp in the fork hands fit and evaluate to this process (`call`).
+Both go over a Unix socket in fl-client's private temporary directory, authenticated with a
+random key that only fl-client's children receive (multiprocessing.connection's HMAC handshake).
 
 Nothing new leaves the site: the socket is local, and the ClientApp still decides what is sent.
 """
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
@@ -52,6 +58,42 @@ def call(request: dict):
     if status == "error":
         raise FedSiloError(result)
     raise RuntimeError(f"site worker failed: {result}")
+
+
+def launch(argv: list[str]) -> None:
+    """`flwr-clientapp ARGS` under fl-client: have the worker run the task in a fork of itself.
+    Flower starts this process and does not wait for it, so it returns once the fork exists."""
+    env = worker_env()
+    try:
+        with Client(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as conn:
+            conn.send({"op": "launch", "argv": argv})
+            conn.recv()
+    except (OSError, EOFError, AuthenticationError) as err:
+        sys.exit(f"flwr-clientapp: the site's training worker is not answering ({type(err).__name__})")
+
+
+def _fork_task(argv: list[str], listener: Listener) -> int:
+    """Run Flower's flwr-clientapp for one task in a child of this process: everything it needs
+    is imported already. The child does no torch work (fit and evaluate come back here)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the parent's setting, not the task's
+        listener.close()
+        from client.app_guard import run_flower_clientapp
+
+        run_flower_clientapp(argv)
+        code = 0
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a child must never return into the parent's loop
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # not sys.exit: the parent's atexit handlers are not the child's
 
 
 def start(directory: Path, env: dict) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -94,8 +136,14 @@ def main() -> None:
     """Worker process: import the heavy modules once, then serve tasks one at a time (a
     SuperNode sends a site one message at a time)."""
     env = worker_env()
-    from client.site_round import serve_reply  # torch, transformers, opacus: once per site
+    # Once per site: torch, transformers, opacus; Flower's ClientApp runtime and our app.
+    import flwr.supernode.cli.flwr_clientapp  # noqa: F401
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
+    import client.app  # noqa: F401
+    from client.site_round import serve_reply
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # task children are reaped by the kernel
     with Listener(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as listener:
         os.chmod(env["address"], 0o600)
         while True:
@@ -108,7 +156,10 @@ def main() -> None:
                     request = conn.recv()
                 except (OSError, EOFError):
                     continue
-                reply = serve_reply(request)
+                if request.get("op") == "launch":
+                    reply = ("ok", _fork_task(request["argv"], listener))
+                else:
+                    reply = serve_reply(request)
                 try:
                     conn.send(reply)
                 except (OSError, EOFError):  # the ClientApp gave up (its task ended): nothing to do

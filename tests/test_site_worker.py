@@ -2,8 +2,6 @@
 data between Flower's per-message ClientApp processes, over an authenticated local socket."""
 
 import subprocess
-import sys
-import time
 
 import numpy as np
 import psutil
@@ -67,14 +65,14 @@ def test_fl_client_leaves_with_one_line_when_its_worker_dies(demo_dir, tmp_path)
                                "--server", f"127.0.0.1:{free_port()}"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        found = []
-        while not found and time.monotonic() < deadline and client.poll() is None:
-            found = [p for p in psutil.Process(client.pid).children(recursive=True)
-                     if "client.worker" in " ".join(p.cmdline())]
-            time.sleep(0.5)
-        assert found, "fl-client started no site worker"
-        time.sleep(2)
+        seen = []
+        for line in client.stdout:  # the worker is up once fl-client starts connecting
+            seen.append(line)
+            if "connecting to" in line:
+                break
+        found = [p for p in psutil.Process(client.pid).children(recursive=True)
+                 if "client.worker" in " ".join(p.cmdline())]
+        assert found, "fl-client started no site worker:\n" + "".join(seen)
         found[0].kill()
         out, err = client.communicate(timeout=60)
     finally:
