@@ -1,11 +1,13 @@
-# FedSilo: `make demo` runs a local federation, `make test` runs the test suite.
-# Both set up .venv on first use (CPU torch first, so pip never pulls a CUDA build).
+# FedSilo: `make demo` runs a local federation, `make test` runs the test suite,
+# `make bench PROFILE=quick|full` the benchmarks (results in bench/results/PROFILE/).
+# Each sets up .venv on first use (CPU torch first, so pip never pulls a CUDA build).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+PROFILE ?= quick
 
-.PHONY: setup demo test test-fast bench-dp clean
+.PHONY: setup demo test test-fast bench bench-dp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +26,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py --profile $(PROFILE)
 
 bench-dp: setup
 	$(BIN)/python bench/dp_speed.py

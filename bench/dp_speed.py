@@ -5,13 +5,15 @@ the median of --steps timed steps of batch --batch at exactly T tokens per text.
 FedSilo's own: AdamW on cross-entropy without DP; make_private + backward_private + step with DP.
 
     python bench/dp_speed.py [--steps 4] [--out bench/results/dp_speed.json]
+    python bench/dp_speed.py --profile quick|full --out DIR      (the suite's convention: DIR/dp_speed.json)
+
+Without --profile the full profile's settings are used (steps 4, T=64,128).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -19,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness import bench_header, log, write_result
+
+PROFILES = {"quick": {"steps": 2, "lengths": "64"}, "full": {"steps": 4, "lengths": "64,128"}}
 CONFIGS = [  # (name, trainable, dp, ghost)
     ("non-private LoRA", "lora", False, False),
     ("DP LoRA (hooks)", "lora", True, False),
@@ -74,16 +79,20 @@ def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: i
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration [profile's]")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lengths", default="64,128")
-    p.add_argument("--out", default="bench/results/dp_speed.json")
+    p.add_argument("--lengths", default=None, help="comma-separated token counts [profile's]")
+    p.add_argument("--out", default="bench/results/dp_speed.json", help="a .json file, or a folder for dp_speed.json")
     p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.steps = args.steps or PROFILES[args.profile]["steps"]
+    args.lengths = args.lengths or PROFILES[args.profile]["lengths"]
     if args.child:
         trainable, dp, ghost, length, batch, steps = args.child
         print(json.dumps(one(trainable, dp == "1", ghost == "1", int(length), int(batch), int(steps))))
         return 0
+    header = bench_header("dp_speed", args.profile, [0])  # seed 0: torch and the random token ids
     rows = []
     for length in map(int, args.lengths.split(",")):
         for name, trainable, dp, ghost in CONFIGS:
@@ -91,19 +100,16 @@ def main() -> int:
                                   str(length), str(args.batch), str(args.steps)],
                                  capture_output=True, text=True, check=True)
             row = {"config": name, "tokens": length, "batch": args.batch, **json.loads(out.stdout.splitlines()[-1])}
-            print(json.dumps(row), flush=True)
+            log(json.dumps(row))
             rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = {"benchmark": "dp_speed", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-              "commit": commit, "model": "all-MiniLM-L6-v2 (embedded)", "steps": args.steps, "rows": rows}
+    result = {"header": header, "model": "all-MiniLM-L6-v2 (embedded)", "steps": args.steps, "rows": rows}
     by = {(r["config"], r["tokens"]): r["samples_per_s"] for r in rows}
     result["ratios"] = {
         f"T={t}": {"dp_lora_vs_lora": round(by[("DP LoRA (hooks)", t)] / by[("non-private LoRA", t)], 3),
                    "dp_ghost_full_vs_full": round(by[("DP full (ghost)", t)] / by[("non-private full", t)], 3)}
         for t in map(int, args.lengths.split(","))}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out) if args.out.endswith(".json") else Path(args.out) / "dp_speed.json"
+    out = write_result(out.parent, out.stem, result)
     md = ["| config | T=" + " | T=".join(args.lengths.split(",")) + " |", "|---|" + "---|" * len(args.lengths.split(","))]
     for name, *_ in CONFIGS:
         cells = [next(f"{r['samples_per_s']} /s, {r['peak_rss_gb']} GB" for r in rows if r["config"] == name and r["tokens"] == t)

@@ -3,19 +3,21 @@
 Runs fl-sim (Flower's simulation engine) with a tiny BERT for one round at each federation
 size, with and without secure aggregation, side by side in one run. Round time is the
 ServerApp's own measure of the round (metrics.jsonl "seconds": sampling, training at every
-site, aggregation, evaluation). Bytes per site are what the site's train reply carries as
-model update: float32 deltas without SecAgg+, the masked quantised vector with it (its dtype
-and size read from Flower's own quantisation of a vector of that size).
+site, aggregation, evaluation). Bytes per site are the serialized size of the model update a
+site's train reply carries: float32 deltas without SecAgg+, with it the masked quantised vector
+built by the steps of Flower's secaggplus_mod (int64 after masking, so twice the float32 size).
+bench/traffic.py measures what actually crosses the wire, protocol overhead included.
 
     python bench/secagg_overhead.py [--sites 3,10] [--out bench/results/secagg_overhead.json]
+    python bench/secagg_overhead.py --profile quick|full --out DIR   (the suite's convention)
+
+Without --profile the full profile's sizes are used (3 and 10 sites).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,35 +25,39 @@ from pathlib import Path
 
 import numpy as np
 
+from flwr.common import ndarray_to_bytes
+
+from harness import bench_header, log, tiny_model, write_result
+
 BIN = Path(sys.executable).parent
-
-
-def tiny_model(out: Path) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from common.model import quiet_transformers, resolve_model
-
-    quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(resolve_model(""))
-    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=64)).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+PROFILES = {"quick": "3", "full": "3,10"}
+DATA_SEED, SEED = 3, 42  # the demo data's; fl-sim's (its default)
 
 
 def masked_bytes(weights: list[np.ndarray]) -> int:
-    """Size of the masked vector a site sends under SecAgg+ (Flower's quantise + mask, mod 2**32)."""
+    """Serialized size of the masked vector a site sends under SecAgg+: the steps of Flower's
+    secaggplus_mod (quantise, weight, add a seeded mask, mod 2**32, ndarray_to_bytes)."""
+    from flwr.common import ndarray_to_bytes
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, parameters_addition, parameters_mod
     from flwr.common.secure_aggregation.quantization import quantize
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-    quantized = quantize([w.astype(np.float32) for w in weights], 1.0, 2**22)
-    return int(sum(np.asarray(q).nbytes for q in quantized)) + 8  # + the packed weight factor
+    mod_range = 2**32  # SecAggPlusWorkflow's default modulus_range (server/app.py keeps it)
+    quantized = factor_combine(1, quantize([w.astype(np.float32) for w in weights], 1.0, 2**22))
+    masked = parameters_mod(parameters_addition(
+        quantized, pseudo_rand_gen(b"\0" * 32, mod_range, [q.shape for q in quantized])), mod_range)
+    return int(sum(len(ndarray_to_bytes(m)) for m in masked))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sites", default="3,10")
-    p.add_argument("--out", default="bench/results/secagg_overhead.json")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--sites", default=None, help="comma-separated federation sizes [profile's]")
+    p.add_argument("--out", default="bench/results/secagg_overhead.json",
+                   help="a .json file, or a folder for secagg_overhead.json")
     args = p.parse_args()
+    args.sites = args.sites or PROFILES[args.profile]
+    header = bench_header("secagg_overhead", args.profile, [SEED])
     from common.demo_data import write_demo
 
     rows = []
@@ -60,33 +66,33 @@ def main() -> int:
         model = tiny_model(tmp / "tiny")
         for sites in map(int, args.sites.split(",")):
             data = tmp / f"data-{sites}"
-            write_demo(data, sites=sites, per_site=100, seed=3)
+            write_demo(data, sites=sites, per_site=100, seed=DATA_SEED)
             for secure in (False, True):
                 run_dir = tmp / f"run-{sites}-{secure}"
                 cmd = [str(BIN / "fl-sim"), "--sites", str(sites), "--data", str(data / "all.tsv"), "--model",
-                       str(model), "--rounds", "1", "--no-dp", "--batch-size", "16", "--run-dir", str(run_dir),
-                       "--secure-aggregation" if secure else "--no-secure-aggregation"]
+                       str(model), "--rounds", "1", "--seed", str(SEED), "--no-dp", "--batch-size", "16",
+                       "--run-dir", str(run_dir), "--secure-aggregation" if secure else "--no-secure-aggregation"]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
                     return 1
                 record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
                 weights = list(np.load(run_dir / "rounds" / "round-0001.npz").values())
-                plain = int(sum(w.astype(np.float32).nbytes for w in weights))
+                plain = int(sum(len(ndarray_to_bytes(w.astype(np.float32))) for w in weights))
                 row = {"sites": sites, "secure_aggregation": secure, "round_seconds": record["seconds"],
                        "update_bytes_per_site": masked_bytes(weights) if secure else plain}
-                print(json.dumps(row), flush=True)
+                log(json.dumps(row))
                 rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     by = {(r["sites"], r["secure_aggregation"]): r for r in rows}
     overhead = {str(s): round(by[(s, True)]["round_seconds"] / by[(s, False)]["round_seconds"] - 1, 3)
                 for s in map(int, args.sites.split(","))}
-    result = {"benchmark": "secagg_overhead", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "commit": commit, "model": "tiny BERT (2 layers, hidden 32), LoRA, fl-sim", "rows": rows,
-              "round_time_overhead": overhead}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"header": header, "model": "tiny BERT (2 layers, hidden 32), LoRA, fl-sim", "data_seed": DATA_SEED,
+              "update_bytes": "serialized size (Flower's ndarray_to_bytes) of the update tensors a site sends: float32 "
+                              "deltas, or under SecAgg+ the masked vector as Flower's secaggplus_mod builds it; "
+                              "bench/traffic.py measures the bytes on the wire",
+              "rows": rows, "round_time_overhead": overhead}
+    out = Path(args.out) if args.out.endswith(".json") else Path(args.out) / "secagg_overhead.json"
+    out = write_result(out.parent, out.stem, result)
     md = ["| sites | plain round (s) | SecAgg+ round (s) | overhead | bytes/site plain | bytes/site SecAgg+ |",
           "|---|---|---|---|---|---|"]
     for s in map(int, args.sites.split(",")):

@@ -22,6 +22,8 @@ class Encoded:
 
 
 def encode(tokenizer, texts: list[str], max_length: int, labels: np.ndarray | None = None) -> Encoded:
+    if not texts:  # an empty split (eval-fraction 0); the fast tokenizer fails on []
+        return Encoded([], labels)
     out = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     return Encoded(list(out["input_ids"]), labels)
 

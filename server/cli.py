@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address the gateway listens on [default: the federation's, or 127.0.0.1]")
     run.add_argument("--port", type=port_or_zero_arg, help="port sites connect to [default: the federation's, or 9092]")
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
+    run.add_argument("--superlink-state", choices=("sqlite", "memory"), default="sqlite",
+                     help="where the SuperLink keeps its state: 'sqlite' (RUN_DIR/superlink.db, inspectable "
+                          "afterwards) or 'memory' (no database locks: for many sites on a busy machine, where "
+                          "SQLite's 5 s lock wait can run out). FedSilo's own state (state.json) is the same "
+                          "either way, so resume works with both [default: sqlite]")
     add_run_options(run, keys=list(_RUN_KEYS))
 
     resume = sub.add_parser("resume", help="continue a killed run from its run directory, with the "
@@ -163,7 +168,7 @@ def run(args) -> int:
     if resumed:
         print(f"fl-server: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
               flush=True)
-    with Coordinator(rd, fed, host, port) as coordinator:
+    with Coordinator(rd, fed, host, port, args.superlink_state) as coordinator:
         print(f"fl-server: sites connect to {host}:{port} ({'TLS' if fed else 'plaintext'}); run directory {rd.path}",
               flush=True)
         hint = "fl-client --kit KIT --data FILE" if fed else f"fl-client --site NAME --data FILE --server {host}:{port} --insecure"
@@ -176,8 +181,9 @@ def run(args) -> int:
 class Coordinator:
     """SuperLink on loopback (+ the gateway and the enrolled keys, with TLS); stopped on exit."""
 
-    def __init__(self, rd: RunDir, fed: Federation | None, host: str, port: int):
+    def __init__(self, rd: RunDir, fed: Federation | None, host: str, port: int, state: str = "sqlite"):
         self.rd, self.fed, self.host, self.port = rd, fed, host, port
+        self.database = str(rd.path / "superlink.db") if state == "sqlite" else ":flwr-in-memory:"
         self.procs: list[subprocess.Popen] = []
         self.control_address = ""
 
@@ -207,7 +213,7 @@ class Coordinator:
 
     def _superlink(self, tls: list[str], host: str, port: int, env: dict, logs: Path) -> None:
         proc = spawn([flower_script("flower-superlink"), *tls, "--host", host, "--port", str(port),
-                      "--database", str(self.rd.path / "superlink.db"),
+                      "--database", self.database,
                       "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
         self.procs.append(proc)
         wait_for_port(host, port, proc, 60, "the SuperLink", logs / "superlink.log")

@@ -82,3 +82,15 @@ def test_fl_client_leaves_with_one_line_when_its_worker_dies(demo_dir, tmp_path)
     assert lines == ["fl-client: error: the site's training worker stopped (exit code -9); this site left the "
                      "federation: restart fl-client"], err
     assert "Traceback" not in out + err
+
+
+def test_a_site_without_an_eval_split_trains_and_reports_no_evaluation(tiny_model, demo_dir, tmp_path):
+    from client.site_round import serve
+
+    data = site_file(demo_dir, "A", tmp_path)
+    cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "trainable": "full",
+                               "eval-fraction": 0.0})
+    initial = get_weights(build_model(cfg))
+    delta, n, _ = serve(request("fit", cfg, data, tmp_path, initial))
+    assert n == 200 and len(delta) == len(initial)
+    assert serve(request("evaluate", cfg, data, tmp_path, initial))[1] == 0

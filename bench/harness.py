@@ -1,0 +1,218 @@
+"""Shared pieces of the benchmark suite: the header every result carries, and the atomic writer.
+
+Every benchmark script follows one convention: ``python bench/NAME.py --profile quick|full --out DIR``
+writes ``DIR/NAME.json`` (via :func:`write_result`) and prints progress lines. The header names the
+machine, the commit, the profile and the seeds, so no figure rendered from the JSON can lose them.
+
+A script imports this module first (``from harness import ...``): it puts the repository on
+sys.path, so that ``common``, ``client`` and ``server`` are FedSilo's own packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = ("quick", "full")
+
+
+def machine() -> dict:
+    """CPU model, logical cores and RAM, read from /proc (not from a hand-written label)."""
+    cpu, ram_kb = platform.processor() or platform.machine(), 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_kb = int(line.split()[1])
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "ram_gib": round(ram_kb / 2**20, 1), "arch": platform.machine(),
+            "os": f"{platform.system()} {platform.release()}"}
+
+
+def commit() -> str:
+    """Short HEAD, plus "+dirty" when tracked or untracked files differ (read-only: no index refresh)."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain") else "")
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def bench_header(name: str, profile: str, seeds: list[int]) -> dict:
+    """What every result file starts with; ``started_utc`` also lets write_result time the run."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, not {profile!r}")
+    return {
+        "benchmark": name,
+        "profile": profile,
+        "seeds": list(seeds),
+        "machine": machine(),
+        "commit": commit(),
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Timings depend on what else the machine runs: the 1/5/15-minute load averages at the start.
+        "load_average_at_start": _load_average(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "flwr": _version("flwr"),
+        "transformers": _version("transformers"),
+        "opacus": _version("opacus"),
+    }
+
+
+def write_result(out_dir: Path, name: str, payload: dict) -> Path:
+    """Write ``out_dir/name.json`` atomically (temp file + rename), so a killed run never leaves half a file.
+
+    ``payload`` must carry ``"header"`` (from bench_header); ``wall_seconds`` is added from the header's
+    start time unless the payload already has it.
+    """
+    if "header" not in payload:
+        raise ValueError("payload needs the 'header' from bench_header()")
+    payload = dict(payload)
+    started = datetime.fromisoformat(payload["header"]["started_utc"])
+    now = datetime.now(timezone.utc)
+    payload.setdefault("wall_seconds", round((now - started).total_seconds(), 1))
+    payload["finished_utc"] = now.isoformat(timespec="seconds")
+    payload["load_average_at_end"] = _load_average()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def bench_args(description: str) -> argparse.ArgumentParser:
+    """The two options every benchmark takes; a script may add its own before parse_args()."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--profile", choices=PROFILES, default="quick")
+    p.add_argument("--out", type=Path, default=None, help="result folder (default bench/results/PROFILE)")
+    return p
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    return args.out if args.out is not None else REPO / "bench" / "results" / args.profile
+
+
+def tiny_model(out: Path) -> Path:
+    """A randomly initialised 2-layer, hidden-32 BERT with MiniLM's tokenizer, saved to `out`
+    (the recipe of the tests' tiny_model fixture): for benchmarks where the model's size is not the point."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from common.model import quiet_transformers, resolve_model
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(""))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def run_measured(cmd: list[str], timeout: float, log_path: Path, every: float = 0.5) -> dict:
+    """Run `cmd` with its output in `log_path`, sampling the memory of its whole process tree.
+
+    Flower's simulation spreads over many processes (SuperLink, the simulation process, Ray's
+    raylet, GCS and workers), so the peak is taken over the sum of all descendants: PSS (shared
+    pages split between the processes that share them; what the tree really holds) and RSS
+    (shared pages counted in every process; an upper bound). A run past `timeout` is killed.
+    """
+    import psutil
+
+    started = time.monotonic()
+    peak_pss = peak_rss = 0
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        root = psutil.Process(proc.pid)
+        timed_out = False
+        while proc.poll() is None:
+            pss = rss = 0
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            for p in tree:
+                try:
+                    info = p.memory_full_info()
+                    pss, rss = pss + getattr(info, "pss", info.rss), rss + info.rss
+                except psutil.Error:
+                    pass  # a process that ended between listing and reading
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            if time.monotonic() - started > timeout:
+                timed_out = True
+                _kill_tree(root)
+                break
+            time.sleep(every)
+        rc = proc.wait()
+    return {"returncode": rc, "timed_out": timed_out, "wall_seconds": round(time.monotonic() - started, 1),
+            "peak_pss_gib": round(peak_pss / 2**30, 3), "peak_rss_gib": round(peak_rss / 2**30, 3)}
+
+
+def _kill_tree(root) -> None:
+    import psutil
+
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log, for a failure record."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def log(*parts: object) -> None:
+    """A progress line with elapsed time since the process started, flushed at once."""
+    print(f"[{time.monotonic() - _T0:7.1f}s]", *parts, flush=True)
+
+
+_T0 = time.monotonic()
+if str(REPO) not in sys.path:  # so `python bench/x.py` can import client/, common/, server/
+    sys.path.insert(0, str(REPO))

@@ -1,0 +1,436 @@
+"""Render DIR/SUMMARY.md and PNG plots from the benchmark JSON files in DIR - and from nothing else.
+
+    python bench/render.py --dir bench/results/quick
+
+Every number shown is read from a result file; every table and figure names the machine, the
+commit, the profile and the seeds of the run that produced it. A benchmark this file has no
+dedicated section for is shown from its own `summary_md` (Markdown lines the benchmark rendered
+from its numbers) or, failing that, as a table of its `rows`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+ORDER = ["utility", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+
+
+# ------------------------------------------------------------------------------------ provenance
+def provenance(h: dict | None) -> str:
+    if not h:
+        return "provenance not recorded (result written before the bench header existed)"
+    m = h["machine"]
+    load = h.get("load_average_at_start")
+    return (f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM · commit {h['commit']} · profile {h['profile']} · "
+            f"seeds {', '.join(map(str, h['seeds'])) or 'per benchmark'} · started {h['started_utc']}"
+            + (f" · load avg {load[0]:.1f}" if load else ""))
+
+
+def footer(fig, h: dict | None) -> None:
+    fig.text(0.01, 0.005, provenance(h), fontsize=6.5, color="0.3", ha="left", va="bottom", wrap=True)
+
+
+def fmt(x, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def verdict(met) -> str:
+    return {True: "**met**", False: "**not met**", None: "not decided by this run (not measured, or the run did not finish)"}[met]
+
+
+def table(head: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+# --------------------------------------------------------------------------------------- utility
+ARM_ORDER = ["centralised", "federated", "federated DP"]
+
+
+def arm_label(arm: str, eps) -> str:
+    return f"{arm} ε={eps:g}" if eps is not None else arm
+
+
+def pct(stat: dict) -> str:
+    if stat["std"] is None:
+        return f"{100 * stat['mean']:.1f}"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def gap(r: dict) -> str:
+    """The paired gap; names its seeds when a failed run left fewer pairs than the arm has seeds."""
+    text = fmt(r["gap_to_ceiling_points"], 2)
+    paired = r.get("gap_seeds", r["seeds"])
+    return text if r["gap_to_ceiling_points"] is None or paired == r["seeds"] else f"{text} (seeds {', '.join(map(str, paired))})"
+
+
+def utility_md(d: dict, plots: list[str]) -> list[str]:
+    s = d["setup"]
+    lines = [f"Model {s['model']}; {s['sites']} sites; {s['rounds']} rounds × {s['local_epochs']} local epoch(s) per "
+             f"site = {s['centralised_epochs']} centralised epochs (same example passes); batch {s['batch_size']}, "
+             f"max length {s['max_length']}; SecAgg+: {s['secure_aggregation']}; redaction: {s['redaction']}; "
+             f"DP: {s['dp']}.", "",
+             "Training data (" + s["subsampling"] + "):", ""]
+    lines += table(["dataset", "training rows", "subsample used", "test rows (held out)", "classes",
+                    "majority-class accuracy (%)"],
+                   [[k, fmt(v["train_rows"]), fmt(v["subsample"]), fmt(v["test_rows"]), v["classes"],
+                     fmt(100 * v["majority_class_accuracy"]) if "majority_class_accuracy" in v else "–"]
+                    for k, v in s["datasets"].items()])
+    lines += ["", "Accuracy and macro-F1 (%) on the held-out test set, mean ± std over seeds; gap = ceiling − arm "
+                  "in accuracy points, paired by seed:", ""]
+    order = list(s["datasets"])  # the benchmark's own order: the headline dataset first
+    summary = sorted(d["summary"], key=lambda r: (order.index(r["dataset"]) if r["dataset"] in order else len(order),
+                                                  r["partition"], ARM_ORDER.index(r["arm"]), r["epsilon"] or 0))
+    lines += table(["dataset", "partition", "arm", "accuracy", "macro-F1", "gap to ceiling", "seeds"],
+                   [[r["dataset"], r["partition"], arm_label(r["arm"], r["epsilon"]), pct(r["accuracy"]),
+                     pct(r["macro_f1"]), gap(r), ", ".join(map(str, r["seeds"]))]
+                    for r in summary])
+    t = d["target"]
+    lines += ["", f"Target ({t['definition']}): gap {fmt(t['gap_points'], 2)} points over seeds "
+              f"{', '.join(map(str, t.get('seeds', []))) or '–'} → "
+              + (verdict(t["met"]) if t["applies_to_this_profile"] else
+                 "not judged: the target is defined on the full profile, and this run is not that measurement."),
+              "", "Every run:", ""]
+    lines += table(["dataset", "partition", "arm", "seed", "status", "accuracy", "macro-F1", "example passes",
+                    "ε spent (max site)", "wall s"],
+                   [[r["dataset"], r["partition"], arm_label(r["arm"], r["epsilon"]), r["seed"], r["status"],
+                     fmt(100 * r["accuracy"]) if "accuracy" in r else "–",
+                     fmt(100 * r["macro_f1"]) if "macro_f1" in r else "–", fmt(r.get("example_passes")),
+                     fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds", r.get("train_seconds")))]
+                    for r in d["rows"]])
+    return lines + [""] + [f"![utility]({p})" for p in plots]
+
+
+def utility_png(d: dict, out: Path, plt) -> list[str]:
+    import numpy as np
+
+    summary = d["summary"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    if not datasets:
+        return []
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(7.0, 5.5 * len(datasets)), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = [r for r in summary if r["dataset"] == dataset]
+        arms = sorted({(r["arm"], r["epsilon"]) for r in rows}, key=lambda a: (ARM_ORDER.index(a[0]), -(a[1] or 0)))
+        parts = list(dict.fromkeys(r["partition"] for r in rows))
+        width = 0.8 / len(parts)
+        for i, part in enumerate(parts):
+            by = {(r["arm"], r["epsilon"]): r for r in rows if r["partition"] == part}
+            xs = np.arange(len(arms)) + i * width
+            means = [100 * by[a]["accuracy"]["mean"] if a in by else np.nan for a in arms]
+            errs = [100 * (by[a]["accuracy"]["std"] or 0) if a in by else 0 for a in arms]
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=part)
+        ax.set_xticks(np.arange(len(arms)) + width * (len(parts) - 1) / 2)
+        ax.set_xticklabels([arm_label(*a).replace("federated", "fed.") for a in arms], rotation=20, ha="right", fontsize=8)
+        majority = d["setup"]["datasets"].get(dataset, {}).get("majority_class_accuracy")
+        if majority is not None:
+            ax.axhline(100 * majority, color="k", linestyle="--", linewidth=1, label="majority class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(dataset)
+        ax.legend(fontsize=8)
+    fig.suptitle("Utility: centralised ceiling, federated, federated DP (error bars: std over seeds)", fontsize=9)
+    footer(fig, d["header"])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "utility.png", dpi=120)
+    plt.close(fig)
+    return ["utility.png"]
+
+
+# ----------------------------------------------------------------------------------------- scale
+def scale_md(d: dict, plots: list[str]) -> list[str]:
+    s = d["setup"]
+    lines = [f"{s['engine']}, {s['model']}, {s['records_per_site']} records per site, {s['rounds']} round. "
+             + " ".join(f"*{k}*: {v}." for k, v in s["configs"].items()) + f" Memory: {s['memory']}.", ""]
+    lines += table(["configuration", "sites", "records", "status", "whole command s", "round s", "peak PSS GiB",
+                    "peak RSS GiB"],
+                   [[r["config"], fmt(r["sites"]), fmt(r["records"]), r["status"], fmt(r["wall_seconds"]),
+                     fmt(r.get("round_seconds")), fmt(r["peak_pss_gib"], 2), fmt(r["peak_rss_gib"], 2)] for r in d["rows"]])
+    if d["ratios"]:
+        lines += ["", "Ratios (larger / smaller federation, same run): " + "; ".join(
+            f"{k}: round ×{v['round']}, whole command ×{v['wall']}" for k, v in d["ratios"].items())]
+    lines += ["", f"Targets (judged on the {s['targets_judged_on']} configuration):", ""]
+    lines += [f"- {d['targets']['definition'][k]}: {verdict(v)}" for k, v in d["targets"]["met"].items()]
+    return lines + [""] + [f"![scale]({p})" for p in plots]
+
+
+def scale_png(d: dict, out: Path, plt) -> list[str]:
+    ok = [r for r in d["rows"] if r["status"] == "ok"]
+    if not ok:
+        return []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for config in dict.fromkeys(r["config"] for r in ok):
+        rows = [r for r in ok if r["config"] == config]
+        sites = [r["sites"] for r in rows]
+        a.plot(sites, [r["wall_seconds"] for r in rows], "o-", label=f"{config}: whole fl-sim command")
+        a.plot(sites, [r["round_seconds"] for r in rows], "s--", label=f"{config}: the round (ServerApp's measure)")
+        b.plot(sites, [r["peak_pss_gib"] for r in rows], "o-", label=f"{config}: peak PSS (process tree)")
+        b.plot(sites, [r["peak_rss_gib"] for r in rows], "s--", label=f"{config}: peak RSS (upper bound)")
+    for ax, ylabel in ((a, "seconds"), (b, "GiB")):
+        ax.set_xscale("log")
+        ax.set_xlabel("virtual sites")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    a.set_yscale("log")
+    b.set_ylim(bottom=0)
+    fig.suptitle("Simulation scale: one round, tiny BERT", fontsize=10)
+    footer(fig, d["header"])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "scale.png", dpi=120)
+    plt.close(fig)
+    return ["scale.png"]
+
+
+# --------------------------------------------------------------------------------------- traffic
+def traffic_md(d: dict, plots: list[str]) -> list[str]:
+    s = d["setup"]
+    lines = [f"{s['engine']}; {s['model']}; {s['sites']} sites × {s['records_per_site']} records; {s['site_options']}. "
+             f"Measured: {s['measurement']}. Expected: 4 bytes per trainable value, weights down twice "
+             "(train, evaluate) and one update up per round. Overhead = measured − expected (both directions): "
+             "the transport's framing and many small requests, polling, heartbeats, and under SecAgg+ its keys, "
+             "shares and masked encoding.", ""]
+    lines += table(["trainable", "aggregation", "trainable values", "down B/site/round", "up B/site/round",
+                    "expected down", "expected up", "measured / expected (down, up)", "overhead B/site/round"],
+                   [[r["trainable"], "SecAgg+" if r["secure_aggregation"] else "plain FedAvg", fmt(r["trainable_values"]),
+                     fmt(r.get("down_bytes_per_site")) if r["status"] == "ok" else r["status"],
+                     fmt(r.get("up_bytes_per_site")) if r["status"] == "ok" else r["status"],
+                     fmt(r["expected_down_bytes"]), fmt(r["expected_up_bytes"]),
+                     (f"{r['measured_vs_expected']['down']}, {r['measured_vs_expected']['up']}" if r["status"] == "ok" else "–"),
+                     fmt(r.get("overhead_bytes_per_site"))]
+                    for r in d["rows"]])
+    if d["ratios"]:
+        lines += ["", "Ratios (same run): " + "; ".join(f"{k}: ×{v}" for k, v in d["ratios"].items())]
+    return lines + [""] + [f"![traffic]({p})" for p in plots]
+
+
+def traffic_png(d: dict, out: Path, plt) -> list[str]:
+    import numpy as np
+
+    rows = [r for r in d["rows"] if r["status"] == "ok"]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["down_bytes_per_site"] for r in rows], 0.4, label="down (coordinator → site)")
+    ax.bar(xs + 0.2, [r["up_bytes_per_site"] for r in rows], 0.4, label="up (site → coordinator)")
+    ax.scatter(xs - 0.2, [r["expected_down_bytes"] for r in rows], marker="_", s=400, color="k", zorder=3,
+               label="expected from parameter count")
+    ax.scatter(xs + 0.2, [r["expected_up_bytes"] for r in rows], marker="_", s=400, color="k", zorder=3)
+    ax.set_xticks(xs)
+    ax.set_xlim(-1, len(rows))  # bars keep their width when a quick run has one configuration
+    ax.set_xticklabels([f"{r['trainable']}\n{'SecAgg+' if r['secure_aggregation'] else 'plain'}" for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("bytes per site in one round")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Bytes on the wire per site per round ({d['setup']['model']})", fontsize=10)
+    footer(fig, d["header"])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "traffic.png", dpi=120)
+    plt.close(fig)
+    return ["traffic.png"]
+
+
+# ------------------------------------------------------------------------------ round_efficiency
+STEP_NAMES = [("mean_time_train", "training"), ("mean_time_evaluate", "evaluation"), ("mean_time_load", "model loading"),
+              ("mean_time_tokenise", "tokenisation"), ("other_seconds", "other (start-up, communication, SecAgg+, aggregation)")]
+
+
+def round_efficiency_md(d: dict, plots: list[str]) -> list[str]:
+    s, t = d["setup"], d["target"]
+    lines = [f"{s['engine']}; {s['model']}; {s['sites']} sites × {s['examples_per_site']} examples ({s['data']}); "
+             f"{s['rounds']} rounds × {s['local_epochs']} local epoch; site defaults: {s['site_defaults']}. "
+             "Seconds per round: the ServerApp's wall time, and each step's mean over the sites.", ""]
+    rows = []
+    for mode, m in d["modes"].items():
+        for r in m["rounds"]:
+            rows.append([mode, r["round"], fmt(r["round_seconds"]), *(fmt(r[k]) for k, _ in STEP_NAMES),
+                         f"{100 * r['training_share']:.0f}%"])
+    lines += table(["mode", "round", "round s", *(name.split(" (")[0] for _, name in STEP_NAMES), "training share"], rows)
+    lines += ["", "Training share over all rounds: " + "; ".join(
+        f"{mode} {100 * m['training_share_all_rounds']:.0f}%" for mode, m in d["modes"].items())
+        + f". Rounds with the site worker are ×{d['speedup_round_time']} faster than with a process per message (same run).",
+        "", f"Target (training ≥ {100 * t['training_share_at_least']:.0f}% of a round, with the site worker): all rounds "
+        f"{verdict(t['met_all_rounds'])}; rounds after the first {verdict(t['met_after_round_1'])}."]
+    return lines + [""] + [f"![round_efficiency]({p})" for p in plots]
+
+
+def round_efficiency_png(d: dict, out: Path, plt) -> list[str]:
+    bars = [(f"{mode}\nround {r['round']}", r) for mode, m in d["modes"].items() for r in m["rounds"]]
+    if not bars:
+        return []
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(bars)) + 3.5, 4.2))
+    bottom = [0.0] * len(bars)
+    for key, name in STEP_NAMES:
+        values = [max(0.0, r[key]) for _, r in bars]
+        ax.bar(range(len(bars)), values, 0.6, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([label for label, _ in bars], fontsize=7)
+    ax.set_ylabel("seconds (mean over sites)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Where a deployment round's time goes", fontsize=10)
+    footer(fig, d["header"])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "round_efficiency.png", dpi=120)
+    plt.close(fig)
+    return ["round_efficiency.png"]
+
+
+# ---------------------------------------------------------------------- dp_speed, secagg_overhead
+def dp_speed_md(d: dict, plots: list[str]) -> list[str]:
+    lines = [f"Model {d['model']}; batch {d['rows'][0]['batch'] if d['rows'] else '–'}; median of {d['steps']} timed steps "
+             "per configuration, each in its own process.", ""]
+    lines += table(["configuration", "tokens", "samples/s", "step s", "peak RSS GB"],
+                   [[r["config"], r["tokens"], fmt(r["samples_per_s"], 2), fmt(r["step_s"], 3), fmt(r["peak_rss_gb"], 2)]
+                    for r in d["rows"]])
+    lines += ["", "Ratios (same run): " + "; ".join(f"{t}: " + ", ".join(f"{k} ×{v}" for k, v in r.items())
+                                                  for t, r in d["ratios"].items())]
+    return lines + [""] + [f"![dp_speed]({p})" for p in plots]
+
+
+def dp_speed_png(d: dict, out: Path, plt) -> list[str]:
+    import numpy as np
+
+    configs = list(dict.fromkeys(r["config"] for r in d["rows"]))
+    tokens = list(dict.fromkeys(r["tokens"] for r in d["rows"]))
+    if not configs:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(tokens)
+    by = {(r["config"], r["tokens"]): r["samples_per_s"] for r in d["rows"]}
+    for i, t in enumerate(tokens):
+        ax.bar(np.arange(len(configs)) + i * width, [by.get((c, t), np.nan) for c in configs], width, label=f"T={t}")
+    ax.set_xticks(np.arange(len(configs)) + width * (len(tokens) - 1) / 2)
+    ax.set_xticklabels(configs, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("training samples / s")
+    ax.legend(fontsize=8)
+    ax.set_title("Local training speed: non-private vs DP, LoRA vs full", fontsize=10)
+    footer(fig, d.get("header"))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "dp_speed.png", dpi=120)
+    plt.close(fig)
+    return ["dp_speed.png"]
+
+
+def secagg_overhead_md(d: dict, plots: list[str]) -> list[str]:
+    by = {(r["sites"], r["secure_aggregation"]): r for r in d["rows"]}
+    sites = sorted({r["sites"] for r in d["rows"]})
+    lines = [f"{d['model']}; one round per configuration, side by side. Update bytes: "
+             f"{d.get('update_bytes', 'computed from the round weights')}.", ""]
+    lines += table(["sites", "plain round s", "SecAgg+ round s", "overhead", "update bytes/site plain", "SecAgg+"],
+                   [[s, fmt(by[(s, False)]["round_seconds"], 2), fmt(by[(s, True)]["round_seconds"], 2),
+                     f"{d['round_time_overhead'][str(s)]:+.0%}", fmt(by[(s, False)]["update_bytes_per_site"]),
+                     fmt(by[(s, True)]["update_bytes_per_site"])]
+                    for s in sites if (s, False) in by and (s, True) in by])
+    return lines + [""] + [f"![secagg_overhead]({p})" for p in plots]
+
+
+def secagg_overhead_png(d: dict, out: Path, plt) -> list[str]:
+    import numpy as np
+
+    sites = sorted({r["sites"] for r in d["rows"]})
+    if not sites:
+        return []
+    by = {(r["sites"], r["secure_aggregation"]): r["round_seconds"] for r in d["rows"]}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = np.arange(len(sites))
+    ax.bar(xs - 0.2, [by.get((s, False), np.nan) for s in sites], 0.4, label="plain FedAvg")
+    ax.bar(xs + 0.2, [by.get((s, True), np.nan) for s in sites], 0.4, label="SecAgg+")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{s} sites" for s in sites])
+    ax.set_ylabel("round seconds")
+    ax.legend(fontsize=8)
+    ax.set_title("SecAgg+ round-time overhead (fl-sim, tiny BERT)", fontsize=10)
+    footer(fig, d.get("header"))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "secagg_overhead.png", dpi=120)
+    plt.close(fig)
+    return ["secagg_overhead.png"]
+
+
+# ------------------------------------------------------------------------------- anything else
+def generic_md(d: dict, plots: list[str]) -> list[str]:
+    """A benchmark without a section here: its own Markdown, else its rows as a table."""
+    if isinstance(d.get("summary_md"), (str, list)):
+        md = d["summary_md"]
+        return (md.splitlines() if isinstance(md, str) else list(md)) + [f"![plot]({p})" for p in plots]
+    rows = [r for r in d.get("rows", []) if isinstance(r, dict)]
+    if not rows:
+        return ["(no rows in the result file; see the JSON)"]
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if all(not isinstance(r.get(k), (dict, list)) for r in rows)]
+    lines = table(keys, [[fmt(r.get(k), 3) for k in keys] for r in rows])
+    for name in ("targets", "target"):
+        if isinstance(d.get(name), dict):
+            lines += ["", f"{name}: `{json.dumps(d[name])}`"]
+    return lines
+
+
+SECTIONS = {
+    "utility": ("Utility on real data", utility_md, utility_png),
+    "round_efficiency": ("Round efficiency in deployment", round_efficiency_md, round_efficiency_png),
+    "scale": ("Simulation scale", scale_md, scale_png),
+    "traffic": ("Bytes per site per round", traffic_md, traffic_png),
+    "dp_speed": ("Local training speed (DP vs non-private)", dp_speed_md, dp_speed_png),
+    "secagg_overhead": ("SecAgg+ round-time overhead", secagg_overhead_md, secagg_overhead_png),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, required=True, help="folder with the benchmark JSON files")
+    args = p.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {}
+    for path in sorted(args.dir.glob("*.json")):
+        results[path.stem] = json.loads(path.read_text())
+    run = results.pop("RUN", None)
+    names = sorted(results, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    profile = (run or {}).get("header", {}).get("profile") or next(
+        (r["header"]["profile"] for r in results.values() if "header" in r), "unknown")
+    md = [f"# FedSilo benchmarks: {profile} profile", "",
+          "Rendered by `bench/render.py` from the JSON files next to this summary; no number here is written by hand.",
+          ""]
+    if run:
+        md += [f"Run: {provenance(run['header'])} · whole suite {fmt(run['wall_seconds'])} s", ""]
+        md += table(["benchmark", "status", "wall s", "result"],
+                    [[s["name"], s["status"], fmt(s.get("wall_seconds")), s.get("result") or s.get("reason", "–")]
+                     for s in run["scripts"]])
+        failed = [s for s in run["scripts"] if s["status"] == "failed"]
+        for s in failed:
+            md += ["", f"**{s['name']} FAILED** (exit {s['returncode']}; full log `{s['log']}`), last lines:", "",
+                   "```", s.get("log_tail", ""), "```"]
+        md.append("")
+    status = 0
+    for name in names:
+        d = results[name]
+        title, to_md, to_png = SECTIONS.get(name, (name.replace("_", " ").capitalize(), generic_md, None))
+        md += [f"## {title} (`{name}`)", "", f"*{provenance(d.get('header'))}"
+               + (f" · {fmt(d['wall_seconds'])} s*" if "wall_seconds" in d else "*"), ""]
+        try:
+            plots = to_png(d, args.dir, plt) if to_png else []
+            md += to_md(d, plots)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+            status = 1  # a result this renderer cannot read: say so, render the rest
+            md += [f"(cannot render {name}.json: {type(err).__name__}: {err})"]
+        md.append("")
+    (args.dir / "SUMMARY.md").write_text("\n".join(md))
+    print(f"render: wrote {args.dir / 'SUMMARY.md'}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

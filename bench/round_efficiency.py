@@ -1,0 +1,157 @@
+"""Round efficiency on the deployment engine: how much of a round is local training.
+
+A real SuperLink (fl-server) and 3 SuperNodes (fl-client) on 127.0.0.1, each site holding its
+own slice of SST-2 train, the embedded MiniLM-L6 with the defaults a site gets (LoRA, DP-SGD,
+SecAgg+), one local epoch per round. The same federation runs twice, side by side:
+  - "site worker": fl-client's long-lived worker keeps torch, the model and the tokenised data
+    between messages (client/worker.py), the per-message ClientApp only forwards;
+  - "per-message process" (fl-client --no-site-worker): the design before, where every message's
+    fresh ClientApp process imports torch and loads the model and data again.
+
+Each site reports the seconds it spent loading, tokenising, training and evaluating (the time_*
+fields of its replies, in metrics.jsonl); the round's wall time is the ServerApp's own measure
+(sampling to the end of evaluation). What is left (round - load - tokenise - train - evaluate)
+is process start-up, FAB install, communication, SecAgg+ and aggregation. Sites run
+concurrently on the same 2 cores, so each site's training time includes sharing them.
+The target (issue 7): at least 80% of a round is training.
+
+    python bench/round_efficiency.py --profile quick|full [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import bench_args, bench_header, log, out_dir, write_result
+
+from common.launch import die_with_parent, free_port, stop  # FedSilo's own (harness put the repository on sys.path)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
+BIN = Path(sys.executable).parent
+SITES = 3
+PROFILES = {  # examples per site, rounds; quick only checks the harness (~5 min)
+    "quick": {"per_site": 100, "rounds": 1},
+    "full": {"per_site": 1000, "rounds": 3},
+}
+STEPS = ("time_load", "time_tokenise", "time_train", "time_evaluate")
+TARGET = 0.80
+
+
+def site_files(directory: Path, per_site: int, seed: int) -> list[Path]:
+    """Disjoint random slices of SST-2 train, one TSV per site (written to a temp dir, never the repo)."""
+    import numpy as np
+
+    lines = DATA.read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    pick = np.random.default_rng(seed).permutation(len(rows))[: SITES * per_site]
+    paths = []
+    for i in range(SITES):
+        path = directory / f"site-{i + 1}.tsv"
+        path.write_text("\n".join([header, *(rows[j] for j in pick[i * per_site:(i + 1) * per_site])]) + "\n",
+                        encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def federation(work: Path, files: list[Path], rounds: int, seed: int, site_worker: bool) -> list[dict]:
+    """Run fl-server and 3 fl-clients to the end; returns metrics.jsonl's round records."""
+    port, run_dir = free_port(), work / "run"
+    logs = {name: open(work / f"{name}.log", "w") for name in ("server", *(f.stem for f in files))}
+
+    def spawn(cmd, name):
+        return subprocess.Popen([str(BIN / cmd[0]), *map(str, cmd[1:])], stdout=logs[name], stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+
+    server = spawn(["fl-server", "--insecure", "--port", port, "--run-dir", run_dir, "--labels", "negative,positive",
+                    "--rounds", rounds, "--min-sites", SITES, "--local-epochs", 1, "--seed", seed], "server")
+    clients = []
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for" not in (work / "server.log").read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("fl-server did not start:\n" + (work / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+        for path in files:
+            clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
+                                  "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
+                                  *([] if site_worker else ["--no-site-worker"])], path.stem))
+        code = server.wait(timeout=3 * 3600)
+    finally:
+        for proc in (server, *clients):
+            stop(proc)
+        for fh in logs.values():
+            fh.close()
+    if code != 0:
+        raise RuntimeError(f"fl-server exited with {code}:\n" + (work / "server.log").read_text()[-3000:])
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def breakdown(record: dict) -> dict:
+    """One round: its wall time and the mean over sites of the seconds in each step."""
+    sites = sorted(record["fit"])
+    steps = {}
+    for step in STEPS:
+        per_site = [record["fit"][s].get(step, 0.0) + record.get("evaluate", {}).get(s, {}).get(step, 0.0)
+                    for s in sites]
+        steps[step] = round(sum(per_site) / len(per_site), 2)
+    wall = record["seconds"]
+    return {"round": record["round"], "round_seconds": wall, "status": record["status"], "sites": sites,
+            **{f"mean_{k}": v for k, v in steps.items()},
+            "other_seconds": round(wall - sum(steps.values()), 2),
+            "training_share": round(steps["time_train"] / wall, 4),
+            "train_seconds_by_site": {s: record["fit"][s].get("time_train") for s in sites}}
+
+
+def main() -> int:
+    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    profile, seed = PROFILES[args.profile], 0
+    header = bench_header("round_efficiency", args.profile, [seed])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="fedsilo-bench-rounds-") as tmp:
+        files = site_files(Path(tmp), profile["per_site"], seed)
+        for mode, worker in (("site worker", True), ("per-message process", False)):
+            work = Path(tmp) / mode.replace(" ", "-")
+            work.mkdir()
+            log(f"round efficiency: {mode}: {SITES} sites x {profile['per_site']} examples, {profile['rounds']} rounds")
+            started = time.monotonic()
+            rounds = [breakdown(r) for r in federation(work, files, profile["rounds"], seed, worker)]
+            for r in rounds:
+                log(f"  round {r['round']}: {r['round_seconds']:.1f} s, training {100 * r['training_share']:.0f}% "
+                    f"(train {r['mean_time_train']:.1f} s, evaluate {r['mean_time_evaluate']:.1f} s, "
+                    f"load {r['mean_time_load']:.1f} s, tokenise {r['mean_time_tokenise']:.1f} s, "
+                    f"other {r['other_seconds']:.1f} s)")
+            total = sum(r["round_seconds"] for r in rounds)
+            results[mode] = {
+                "rounds": rounds, "wall_seconds": round(time.monotonic() - started, 1),
+                "training_share_all_rounds": round(sum(r["mean_time_train"] for r in rounds) / total, 4),
+                "training_share_after_round_1": (
+                    round(sum(r["mean_time_train"] for r in rounds[1:]) / sum(r["round_seconds"] for r in rounds[1:]), 4)
+                    if len(rounds) > 1 else None)}
+    after, before = results["site worker"], results["per-message process"]
+    payload = {
+        "header": header,
+        "setup": {"sites": SITES, "examples_per_site": profile["per_site"], "rounds": profile["rounds"],
+                  "local_epochs": 1, "data": "SST-2 train (random disjoint slices, seeded)",
+                  "model": "embedded all-MiniLM-L6-v2", "site_defaults": "LoRA, DP-SGD, SecAgg+",
+                  "engine": "deployment: SuperLink + 3 SuperNodes on 127.0.0.1, plaintext"},
+        "modes": results,
+        "target": {"training_share_at_least": TARGET,
+                   "met_all_rounds": after["training_share_all_rounds"] >= TARGET,
+                   "met_after_round_1": (after["training_share_after_round_1"] or 0) >= TARGET},
+        "speedup_round_time": round(sum(r["round_seconds"] for r in before["rounds"])
+                                    / sum(r["round_seconds"] for r in after["rounds"]), 2),
+    }
+    path = write_result(out_dir(args), "round_efficiency", payload)
+    log(f"round efficiency: training share {100 * after['training_share_all_rounds']:.0f}% with the site worker, "
+        f"{100 * before['training_share_all_rounds']:.0f}% with a process per message; "
+        f"rounds {payload['speedup_round_time']}x faster; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
