@@ -8,6 +8,7 @@ Personal data is redacted here, before anything is tokenised.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,10 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
             raise FedSiloError("simulation needs the run option sim-data (the file to partition)")
         pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         name = f"sim-{pid}"
-        everything = read_records(cfg.sim_data, text_col, label_col)
-        all_labels = encode_labels(everything, cfg.labels, cfg.sim_data)
-        shares = partition(all_labels, parts, cfg.partition, cfg.dirichlet_alpha, cfg.seed)
+        stat = Path(cfg.sim_data).stat() if Path(cfg.sim_data).exists() else None
+        everything, shares = _partitioned(str(cfg.sim_data), stat and (stat.st_mtime_ns, stat.st_size),
+                                          text_col, label_col, tuple(cfg.labels), parts, cfg.partition,
+                                          cfg.dirichlet_alpha, cfg.seed)
         records = everything.subset(shares[pid])
         privacy = SitePrivacy.from_mapping(cfg.to_flat(), prefix="sim-")
         state = Path(cfg.run_dir or ".").resolve() / "sites"
@@ -71,6 +73,16 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     clean = Records(texts, records.labels)
     return SiteData(name, records, privacy, ledger, audit_log, audit_key, redactions,
                     clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])
+
+
+@functools.lru_cache(maxsize=2)
+def _partitioned(path: str, version, text_col: str, label_col: str, labels: tuple, parts: int, scheme: str,
+                 alpha: float, seed: int) -> tuple[Records, list[np.ndarray]]:
+    """The simulation's data file and its split over the virtual sites, read once per process:
+    one simulation worker serves many virtual sites, and each would otherwise read and split the
+    whole file again (quadratic in the number of sites). `version` (mtime, size) keys a changed file."""
+    everything = read_records(path, text_col, label_col)
+    return everything, partition(encode_labels(everything, labels, path), parts, scheme, alpha, seed)
 
 
 def redaction_types(privacy: SitePrivacy) -> tuple[str, ...]:

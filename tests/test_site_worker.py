@@ -94,3 +94,19 @@ def test_a_site_without_an_eval_split_trains_and_reports_no_evaluation(tiny_mode
     delta, n, _ = serve(request("fit", cfg, data, tmp_path, initial))
     assert n == 200 and len(delta) == len(initial)
     assert serve(request("evaluate", cfg, data, tmp_path, initial))[1] == 0
+
+
+def test_virtual_sites_in_one_process_read_the_simulation_file_once(demo_dir, tmp_path):
+    from client.site import _partitioned, site_data
+
+    data = tmp_path / "all.tsv"
+    data.write_bytes((demo_dir / "all.tsv").read_bytes())
+    cfg = RunConfig.from_dict({"labels": LABELS, "sim-data": str(data), "run-dir": str(tmp_path / "run")})
+    _partitioned.cache_clear()
+    sites = [site_data(cfg, {"partition-id": i, "num-partitions": 3}) for i in range(3)]
+    assert _partitioned.cache_info().misses == 1 and _partitioned.cache_info().hits == 2
+    assert sum(len(s.records) for s in sites) == 600
+    # A changed file is read again (the cache is keyed by its mtime and size).
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join(rows[:301]) + "\n")
+    assert sum(len(site_data(cfg, {"partition-id": i, "num-partitions": 3}).records) for i in range(3)) == 300
