@@ -3,10 +3,10 @@
 A real SuperLink (fl-server) and 3 SuperNodes (fl-client) on 127.0.0.1, each site holding its
 own slice of SST-2 train, the embedded MiniLM-L6 with the defaults a site gets (LoRA, DP-SGD,
 SecAgg+), one local epoch per round. The same federation runs twice, side by side:
-  - "site worker": fl-client's long-lived worker keeps torch, the model and the tokenised data
-    between messages (client/worker.py), the per-message ClientApp only forwards;
-  - "per-message process" (fl-client --no-site-worker): the design before, where every message's
-    fresh ClientApp process imports torch and loads the model and data again.
+  - "site worker" (fl-client --site-worker): a long-lived worker keeps torch, the model and the
+    tokenised data between messages (client/worker.py), and runs each task in a fork of itself;
+  - "per-message process" (the default): every message's fresh ClientApp process imports torch
+    and loads the model and data again.
 
 Each site reports the seconds it spent loading, tokenising, training and evaluating (the time_*
 fields of its replies, in metrics.jsonl); the round's wall time is the ServerApp's own measure
@@ -79,7 +79,7 @@ def federation(work: Path, files: list[Path], rounds: int, seed: int, site_worke
         for path in files:
             clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
                                   "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
-                                  *([] if site_worker else ["--no-site-worker"])], path.stem))
+                                  *(["--site-worker"] if site_worker else [])], path.stem))
         code = server.wait(timeout=3 * 3600)
     finally:
         for proc in (server, *clients):

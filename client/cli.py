@@ -100,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this site's signed audit log [default: DATA.audit.jsonl next to the data]")
     p.add_argument("--redaction-config", metavar="FILE", default=None,
                    help='JSON file choosing what to redact: {"entities": ["EMAIL", ...]} or {"enabled": false}')
-    p.add_argument("--no-site-worker", action="store_true",
-                   help="do every task in Flower's per-message ClientApp process, which imports torch and "
-                        "loads the model and data again for each message (slower; kept to measure the "
-                        "difference, bench/round_efficiency.py)")
+    p.add_argument("--site-worker", action="store_true",
+                   help="keep torch, the model and the tokenised data in one long-lived worker process and "
+                        "run each message's task in a fork of it, instead of Flower's new process per message "
+                        "that imports torch and loads the model and data again (much less CPU per message: "
+                        "for many sites on one machine). Known limit: after kill -9 of fl-client the site's "
+                        "old session may not sign off, so a restart waits about a minute for it")
     add_privacy_options(p)
     return p
 
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
         env.pop(worker.ADDRESS_ENV, None)  # never an outer fl-client's worker
         site_worker = None
-        if not args.no_site_worker:
+        if args.site_worker:
             site_worker, worker_vars = worker.start(Path(tmp), env)
             env.update(worker_vars)
         watch = worker.Watch(site_worker)

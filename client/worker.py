@@ -33,6 +33,7 @@ from pathlib import Path
 from common.errors import FedSiloError
 
 ADDRESS_ENV = "FEDSILO_SITE_WORKER"
+START_TIMEOUT_S = 120.0
 KEY_ENV = "FEDSILO_SITE_WORKER_KEY"
 
 
@@ -43,11 +44,20 @@ def worker_env() -> dict[str, str] | None:
     return {"address": os.environ[ADDRESS_ENV], "key": os.environ.get(KEY_ENV, "")}
 
 
+def _connect(env: dict):
+    """A connection to the worker, waiting for it to finish starting: fl-client starts it and the
+    SuperNode side by side, so that a restarted site is back in the federation at once."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not os.path.exists(env["address"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return Client(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"]))
+
+
 def call(request: dict):
     """Send one task to the site worker and return its result (ClientApp side: no torch here)."""
     env = worker_env()
     try:
-        with Client(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as conn:
+        with _connect(env) as conn:
             conn.send(request)
             status, result = conn.recv()
     except (OSError, EOFError, AuthenticationError) as err:
@@ -65,7 +75,7 @@ def launch(argv: list[str]) -> None:
     Flower starts this process and does not wait for it, so it returns once the fork exists."""
     env = worker_env()
     try:
-        with Client(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as conn:
+        with _connect(env) as conn:
             conn.send({"op": "launch", "argv": argv})
             conn.recv()
     except (OSError, EOFError, AuthenticationError) as err:
@@ -75,11 +85,18 @@ def launch(argv: list[str]) -> None:
 def _fork_task(argv: list[str], listener: Listener) -> int:
     """Run Flower's flwr-clientapp for one task in a child of this process: everything it needs
     is imported already. The child does no torch work (fit and evaluate come back here)."""
+    from common.launch import die_with_parent
+
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        # Die with the worker, as a task process dies with its SuperNode: a task left running
+        # after its site was killed would hold the SuperNode's runtime API open on its way out.
+        die_with_parent()
+        if os.getppid() == 1:  # the worker died before that took effect
+            os._exit(1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the parent's setting, not the task's
         listener.close()
         from client.app_guard import run_flower_clientapp
@@ -98,20 +115,13 @@ def _fork_task(argv: list[str], listener: Listener) -> int:
 
 def start(directory: Path, env: dict) -> tuple[subprocess.Popen, dict[str, str]]:
     """Start the worker (Python, this installation) with a socket in `directory`; returns the
-    process and the environment entries the ClientApp needs to reach it."""
+    process and the environment entries the ClientApp needs to reach it. It takes a few seconds
+    to import what it needs; whoever connects first waits for it (_connect)."""
     from common.launch import die_with_parent
 
     address, key = str(directory / "site-worker.sock"), secrets.token_hex(32)
     worker = subprocess.Popen([sys.executable, "-m", "client.worker"], env={**env, ADDRESS_ENV: address, KEY_ENV: key},
                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(address):  # ready once it listens (imports take a few seconds)
-        if worker.poll() is not None:
-            raise FedSiloError(f"the site's training worker did not start (exit code {worker.returncode})")
-        if time.monotonic() > deadline:
-            worker.kill()
-            raise FedSiloError("the site's training worker did not start within 120 s")
-        time.sleep(0.1)
     return worker, {ADDRESS_ENV: address, KEY_ENV: key}
 
 

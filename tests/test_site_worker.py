@@ -61,7 +61,7 @@ def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir,
 def test_fl_client_leaves_with_one_line_when_its_worker_dies(demo_dir, tmp_path):
     data = site_file(demo_dir, "A", tmp_path)
     # No server listens there: the SuperNode keeps retrying while the worker is killed.
-    client = subprocess.Popen([str(BIN / "fl-client"), "--site", "A", "--insecure", "--data", str(data),
+    client = subprocess.Popen([str(BIN / "fl-client"), "--site", "A", "--insecure", "--data", str(data), "--site-worker",
                                "--server", f"127.0.0.1:{free_port()}"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

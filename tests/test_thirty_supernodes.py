@@ -1,7 +1,7 @@
 """Load: 30 real SuperNodes (one fl-client each) on 127.0.0.1 complete 3 rounds with one coordinator.
 
 On 2 cores this is about CPU: 30 sites, their workers and the coordinator share them. Two things
-made it pass: the site worker (client/worker.py), so a message no longer costs a process that
+made it pass: the site worker (fl-client --site-worker, client/worker.py), so a message no longer costs a process that
 imports torch, and the SuperLink's state in memory (--superlink-state memory): with SQLite, its
 5 s lock wait ran out under this load ("database is locked") and Flower ended the run.
 """
@@ -66,7 +66,7 @@ def test_thirty_supernodes_complete_three_rounds(tiny_model, tmp_path):
             # SuperLink, which then ends the run), and start one after the other.
             clients.append(subprocess.Popen(
                 ["nice", "-n", "15", str(BIN / "fl-client"), "--site", name, "--server", f"127.0.0.1:{port}",
-                 "--insecure", "--data", str(data), "--no-dp"],
+                 "--insecure", "--data", str(data), "--no-dp", "--site-worker"],
                 stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True))
             wait_for_text(tmp_path / f"{name}.log", "connecting to", clients[-1], timeout=120)
         code = server.wait(timeout=1500)
