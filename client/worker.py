@@ -156,6 +156,7 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # task children are reaped by the kernel
     with Listener(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as listener:
         os.chmod(env["address"], 0o600)
+        print("fl-client: site worker ready (torch, the ClientApp runtime and the app loaded once)", flush=True)
         while True:
             try:
                 conn = listener.accept()

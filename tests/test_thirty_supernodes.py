@@ -63,12 +63,13 @@ def test_thirty_supernodes_complete_three_rounds(tiny_model, tmp_path):
             data = write_tsv(tmp_path / f"{name}.tsv", rows[i * PER_SITE:(i + 1) * PER_SITE])
             # Sites would be separate machines: here they share 2 cores with the coordinator, so
             # they run at low priority (a starved ServerApp misses its heartbeats to the
-            # SuperLink, which then ends the run), and start one after the other.
+            # SuperLink, which then ends the run), and start one after the other, each once its
+            # worker has done its imports.
             clients.append(subprocess.Popen(
                 ["nice", "-n", "15", str(BIN / "fl-client"), "--site", name, "--server", f"127.0.0.1:{port}",
                  "--insecure", "--data", str(data), "--no-dp", "--site-worker"],
                 stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True))
-            wait_for_text(tmp_path / f"{name}.log", "connecting to", clients[-1], timeout=120)
+            wait_for_text(tmp_path / f"{name}.log", "site worker ready", clients[-1], timeout=120)
         code = server.wait(timeout=1500)
     finally:
         stop_all(server, *clients)
