@@ -16,8 +16,6 @@ twice - train, evaluate - and one update travels up).
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 from harness import bench_args, bench_header, log, out_dir, tail, tiny_model, write_result
+
+from common.launch import stop  # noqa: E402 (harness put the repository on sys.path)
 
 BIN = Path(sys.executable).parent
 SITES = 2
@@ -104,21 +104,6 @@ def start(cmd: list[str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +153,8 @@ def one_run(model: str, trainable: str, secure: bool, data: list[Path], work: Pa
         return {f"site-{i + 1}": relay.bytes_between(ends[ROUNDS - 2], ends[ROUNDS - 1])
                 for i, relay in enumerate(relays)} | {"round_seconds": round(ends[ROUNDS - 1] - ends[ROUNDS - 2], 2)}
     finally:
-        stop(*clients, server)
+        for proc in (*clients, server):
+            stop(proc)  # FedSilo's own: also the process groups Flower starts below them
         for relay in relays:
             relay.close()
 
