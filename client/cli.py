@@ -24,12 +24,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from client import worker
-from client.app_guard import APPROVED_ENV, installed_app_hash, write_shim
+from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from client.site import redact
 from common.audit import AuditLog, generate_key
-from common.cliparse import Parser, port_or_zero_arg
+from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
 from common.launch import (
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that imports torch and loads the model and data again (much less CPU per message: "
                         "for many sites on one machine). Known limit: after kill -9 of fl-client the site's "
                         "old session may not sign off, so a restart waits about a minute for it")
+    p.add_argument("--threads", type=positive_int, metavar="N", default=None,
+                   help="CPU threads this site's training uses [default: torch's choice, one per core]; "
+                        "lower it when several sites share one machine")
     add_privacy_options(p)
     return p
 
@@ -170,10 +173,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
         env = flower_env()
         env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
-        env[APPROVED_ENV] = installed_app_hash()
+        env[APPROVED_ENV] = approved_app_hash()
         # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
         # a SecAgg+ round has five of them.
         env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+        if args.threads:  # read by torch when it is imported, in the worker or a task process
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
         session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
         env.pop(worker.ADDRESS_ENV, None)  # never an outer fl-client's worker

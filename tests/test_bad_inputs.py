@@ -237,6 +237,7 @@ CASES = [
     case("fl-server", server("--insecure", "--labels", LABELS, "--port", "70000"),
          "invalid port 70000", "config-port-out-of-range"),
     case("fl-server", server("--insecure", "--labels", "card"), "at least two labels", "config-one-label"),
+    case("fl-client", client("--threads", "0"), "argument --threads: invalid number 0", "config-client-threads-zero"),
     case("fl-server", server("--insecure", "--labels", "card,loan,card"), "the label set has duplicates",
          "config-duplicate-labels", slow=True),
     case("fl-server", server("--insecure", "--labels", LABELS, "--min-sites", "1"),
