@@ -45,13 +45,14 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """Short HEAD, plus "+dirty" when tracked or untracked files differ (read-only: no index refresh)."""
+    """Short HEAD, plus "+dirty" when tracked or untracked files differ (read-only: no index refresh).
+    bench/results is left out: a run rewrites its own committed results while it goes."""
     def git(*args: str) -> str:
         out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True)
         return out.stdout.strip() if out.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain") else "")
+    return head + ("+dirty" if git("status", "--porcelain", "--", ".", ":(exclude)bench/results") else "")
 
 
 def _load_average() -> list[float] | None:
