@@ -128,25 +128,6 @@ def out_dir(args: argparse.Namespace) -> Path:
     return args.out if args.out is not None else REPO / "bench" / "results" / args.profile
 
 
-def tiny_model(out: Path) -> Path:
-    """A randomly initialised 2-layer, hidden-32 BERT with MiniLM's tokenizer, saved to `out`
-    (the recipe of the tests' tiny_model fixture): for benchmarks where the model's size is not the point."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from common.model import quiet_transformers, resolve_model
-
-    quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(""))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)  # the same weights in every run, so runs can be compared
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def run_measured(cmd: list[str], timeout: float, log_path: Path, every: float = 0.5) -> dict:
     """Run `cmd` with its output in `log_path`, sampling the memory of its whole process tree.
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import bench_args, bench_header, log, out_dir, run_measured, tail, tiny_model, write_result
+from harness import bench_args, bench_header, log, out_dir, run_measured, tail, write_result
 
 BIN = Path(sys.executable).parent
 # quick: the harness on two small federations (100 sites alone take minutes on 2 cores).
@@ -85,7 +85,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
-        model = tiny_model(tmp / "tiny-bert")
+        from common.model import save_tiny_bert  # imports torch: only when needed
+        model = save_tiny_bert(tmp / "tiny-bert")
         for config, flags in CONFIGS[args.profile]:
             for sites in SITES[args.profile]:
                 log(f"scale: {sites} sites ({config}), one round ...")

@@ -27,7 +27,7 @@ import numpy as np
 
 from flwr.common import ndarray_to_bytes
 
-from harness import bench_header, log, tiny_model, write_result
+from harness import bench_header, log, write_result
 
 BIN = Path(sys.executable).parent
 PROFILES = {"quick": "3", "full": "3,10"}
@@ -63,7 +63,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = tiny_model(tmp / "tiny")
+        from common.model import save_tiny_bert  # imports torch: only when needed
+        model = save_tiny_bert(tmp / "tiny")
         for sites in map(int, args.sites.split(",")):
             data = tmp / f"data-{sites}"
             write_demo(data, sites=sites, per_site=100, seed=DATA_SEED)

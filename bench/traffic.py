@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import bench_args, bench_header, log, out_dir, tail, tiny_model, write_result
+from harness import bench_args, bench_header, log, out_dir, tail, write_result
 
 from common.launch import stop  # noqa: E402 (harness put the repository on sys.path)
 
@@ -168,7 +168,8 @@ def main() -> int:
         from common.demo_data import write_demo
 
         data = write_demo(work / "data", sites=SITES, per_site=RECORDS_PER_SITE, seed=SEED)
-        model = str(tiny_model(work / "tiny-bert")) if MODEL[args.profile] == "tiny" else MODEL[args.profile]
+        from common.model import save_tiny_bert  # imports torch: only when needed
+        model = str(save_tiny_bert(work / "tiny-bert")) if MODEL[args.profile] == "tiny" else MODEL[args.profile]
         values = {t: trainable_values(model, t) for t in ("lora", "full")}
         for trainable, secure in CONFIGS[args.profile]:
             label = f"{trainable}, {'SecAgg+' if secure else 'plain FedAvg'}"

@@ -157,8 +157,8 @@ def main() -> None:
 
     import client.app  # noqa: F401
     from client.site_round import serve_reply
-    # transformers imports its model classes on first use: pay that here, at start-up, not in
-    # the first round (30 sites doing it at once on 2 cores took 90 s of the round).
+    # transformers imports its model classes on first use: pay that here, once, before the site
+    # says it is ready, rather than inside the first message.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # task children are reaped by the kernel

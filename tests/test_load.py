@@ -1,7 +1,7 @@
 """Load: 30 real SuperNodes (one fl-client each) on 127.0.0.1 complete 3 rounds with one coordinator.
 
 Marked `load`: skipped unless pytest gets --load (`make test-load`). On this 2-core, 24 GiB
-machine it takes about half an hour and most of the memory, more than CI's time allows.
+machine it takes about a quarter of an hour (926 s once) and most of the memory, more than CI's time allows.
 
 What it takes to pass here (2026-11-29), each found by a failed run:
 - the SuperLink's in-memory state (`fl-server --superlink-state memory`): with SQLite, 30 sites'
