@@ -28,6 +28,7 @@ from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from client.site import redact
+from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
@@ -35,7 +36,6 @@ from common.errors import FedSiloError, cli_entry
 from common.launch import (
     die_with_parent,
     flower_env,
-    flower_script,
     free_port,
     require_loopback,
     split_address,
@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, metavar="N", default=None,
                    help="CPU threads this site's training uses [default: torch's choice, one per core]; "
                         "lower it when several sites share one machine")
+    p.add_argument("--pull-interval", type=float, default=DEFAULT_PULL_INTERVAL, metavar="SECONDS",
+                   help="how long the SuperNode waits before asking the server again after finding no "
+                        "message; each of a round's five messages waits for it (Flower: 3 s) "
+                        f"[default: {DEFAULT_PULL_INTERVAL}]")
     add_privacy_options(p)
     return p
 
@@ -140,6 +144,8 @@ def connection(args) -> tuple[str, str, list[str]]:
 @cli_entry("fl-client")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0.1 <= args.pull_interval <= 60:  # also refuses nan and inf
+        raise FedSiloError(f"--pull-interval {args.pull_interval}: give a number of seconds from 0.1 to 60")
     if not 1 <= args.max_wait <= 7 * 86400:  # also refuses nan and inf: the wait must end
         raise FedSiloError(f"--max-wait {args.max_wait}: give a number of seconds from 1 to 604800")
     if args.max_retries < 0:
@@ -177,6 +183,7 @@ def main(argv=None) -> int:
         # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
         # a SecAgg+ round has five of them.
         env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+        env[PULL_ENV] = str(args.pull_interval)  # read by client/supernode.py
         if args.threads:  # read by torch when it is imported, in the worker or a task process
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
@@ -257,7 +264,7 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
     # die_with_parent: if fl-client itself is killed (kill -9 of its process group, which does not
     # hold the SuperNode), the SuperNode gets SIGTERM and signs off instead of running on orphaned,
     # still holding the site's key, so that a restarted fl-client could not connect.
-    supernode = subprocess.Popen([flower_script("flower-supernode"), *args], env=env, stdout=subprocess.PIPE,
+    supernode = subprocess.Popen([sys.executable, "-m", "client.supernode", *args], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                  errors="replace", start_new_session=True, preexec_fn=die_with_parent)
     fatal, attempts = None, 0

@@ -238,6 +238,8 @@ CASES = [
          "invalid port 70000", "config-port-out-of-range"),
     case("fl-server", server("--insecure", "--labels", "card"), "at least two labels", "config-one-label"),
     case("fl-client", client("--threads", "0"), "argument --threads: invalid number 0", "config-client-threads-zero"),
+    case("fl-client", client("--pull-interval", "0"), "--pull-interval 0.0: give a number of seconds from 0.1 to 60",
+         "config-client-pull-interval-zero"),
     case("fl-server", server("--insecure", "--labels", "card,loan,card"), "the label set has duplicates",
          "config-duplicate-labels", slow=True),
     case("fl-server", server("--insecure", "--labels", LABELS, "--min-sites", "1"),

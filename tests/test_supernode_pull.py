@@ -1,0 +1,49 @@
+"""client/supernode.py: the SuperNode's wait after an empty pull is capped, on the installed Flower.
+
+The cap works by replacing the `time` module inside Flower's SuperNode loop, so these tests check
+that loop still sleeps through it (a Flower upgrade that changes this must fail here, not silently
+bring back the 3 s wait), and that fl-client's SuperNode really runs through the module.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+import time
+
+import flwr.supernode.start_client_internal as loop
+
+from client.supernode import PULL_ENV, CappedTime, cap_pull_interval
+
+
+def test_flower_supernode_loop_waits_3_s_through_the_time_module():
+    # What the cap is for: Flower's loop sleeps 3 s after a pull that brings no message.
+    tree = ast.parse(inspect.getsource(loop))
+    sleeps = [node.args[0].value for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and ast.unparse(node.func) == "time.sleep"
+              and isinstance(node.args[0], ast.Constant)]
+    assert 3 in sleeps
+
+
+def test_capped_time_caps_sleep_and_passes_the_rest_through():
+    capped = CappedTime(0.05)
+    started = time.monotonic()
+    capped.sleep(3)
+    assert time.monotonic() - started < 1.0
+    assert capped.monotonic() >= started  # anything else is the real time module's
+
+
+def test_cap_is_installed_in_flowers_loop(monkeypatch):
+    monkeypatch.setattr(loop, "time", time)
+    cap_pull_interval(0.5)
+    assert isinstance(loop.time, CappedTime) and loop.time.cap == 0.5
+
+
+def test_supernode_module_starts_flowers_supernode():
+    # `python -m client.supernode --help` is Flower's own SuperNode CLI, with the cap applied first.
+    out = subprocess.run([sys.executable, "-m", "client.supernode", "--help"], capture_output=True, text=True,
+                         timeout=120, env={"PATH": "", PULL_ENV: "0.5"})
+    assert out.returncode == 0, out.stderr
+    assert "usage: flower-supernode" in out.stdout and "--superlink" in out.stdout
