@@ -150,7 +150,12 @@ def utility_png(d: dict, out: Path, plt) -> list[str]:
 def scale_md(d: dict, plots: list[str]) -> list[str]:
     s = d["setup"]
     lines = [f"{s['engine']}, {s['model']}, {s['records_per_site']} records per site, {s['rounds']} round. "
-             + " ".join(f"*{k}*: {v}." for k, v in s["configs"].items()) + f" Memory: {s['memory']}.", ""]
+             + " ".join(f"*{k}*: {v}." for k, v in s["configs"].items()) + f" Memory: {s['memory']}."
+             + (f" SecAgg+: {s['secure_aggregation']}." if "secure_aggregation" in s else "")
+             + f" A run is stopped after {fmt(s['timeout_seconds'])} s.", ""]
+    if d.get("complete") is False:
+        lines += [f"**Incomplete:** the benchmark was stopped after {len(d['rows'])} of its runs; these are the runs "
+                  "it finished.", ""]
     lines += table(["configuration", "sites", "records", "status", "whole command s", "round s", "peak PSS GiB",
                     "peak RSS GiB"],
                    [[r["config"], fmt(r["sites"]), fmt(r["records"]), r["status"], fmt(r["wall_seconds"]),
@@ -258,7 +263,9 @@ def round_efficiency_md(d: dict, plots: list[str]) -> list[str]:
     lines += table(["mode", "round", "round s", *(name.split(" (")[0] for _, name in STEP_NAMES), "training share"], rows)
     lines += ["", "Training share over all rounds: " + "; ".join(
         f"{mode} {100 * m['training_share_all_rounds']:.0f}%" for mode, m in d["modes"].items())
-        + f". Rounds with the site worker are ×{d['speedup_round_time']} faster than with a process per message (same run).",
+        + f". Rounds with the site worker are ×{d['speedup_round_time']} faster than with a process per message"
+        + (f", and ×{d['speedup_round_time_vs_3s_pull']} faster than with Flower's 3 s wait after an empty pull"
+           if "speedup_round_time_vs_3s_pull" in d else "") + " (same run).",
         "", f"Target (training ≥ {100 * t['training_share_at_least']:.0f}% of a round, with the site worker): all rounds "
         f"{verdict(t['met_all_rounds'])}; rounds after the first {verdict(t['met_after_round_1'])}."]
     return lines + [""] + [f"![round_efficiency]({p})" for p in plots]
@@ -405,9 +412,11 @@ def main() -> int:
           "Rendered by `bench/render.py` from the JSON files next to this summary; no number here is written by hand.",
           ""]
     if run:
-        md += [f"Run: {provenance(run['header'])} · whole suite {fmt(run['wall_seconds'])} s", ""]
-        md += table(["benchmark", "status", "wall s", "result"],
-                    [[s["name"], s["status"], fmt(s.get("wall_seconds")), s.get("result") or s.get("reason", "–")]
+        md += [f"Latest run: {provenance(run['header'])} · {fmt(run['wall_seconds'])} s", ""]
+        # a profile run a few benchmarks at a time keeps each one's entry from the run that made it
+        md += table(["benchmark", "status", "wall s", "result", "run started (UTC)"],
+                    [[s["name"], s["status"], fmt(s.get("wall_seconds")), s.get("result") or s.get("reason", "–"),
+                      s.get("run_started_utc", run["header"]["started_utc"])]
                      for s in run["scripts"]])
         failed = [s for s in run["scripts"] if s["status"] == "failed"]
         for s in failed:

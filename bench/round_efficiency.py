@@ -2,9 +2,11 @@
 
 A real SuperLink (fl-server) and 3 SuperNodes (fl-client) on 127.0.0.1, each site holding its
 own slice of SST-2 train, the embedded MiniLM-L6 with the defaults a site gets (LoRA, DP-SGD,
-SecAgg+), one local epoch per round. The same federation runs twice, side by side:
+SecAgg+), one local epoch per round. The same federation runs in each mode, side by side:
   - "site worker" (fl-client --site-worker): a long-lived worker keeps torch, the model and the
     tokenised data between messages (client/worker.py), and runs each task in a fork of itself;
+  - "site worker, 3 s pull" (full profile only): the same with --pull-interval 3, Flower's own
+    wait after an empty pull, against fl-client's shorter default (client/supernode.py);
   - "per-message process" (the default): every message's fresh ClientApp process imports torch
     and loads the model and data again.
 
@@ -34,10 +36,13 @@ from common.launch import die_with_parent, free_port, stop  # FedSilo's own (har
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
 BIN = Path(sys.executable).parent
 SITES = 3
-PROFILES = {  # examples per site, rounds; quick only checks the harness (~5 min)
-    "quick": {"per_site": 100, "rounds": 1},
-    "full": {"per_site": 1000, "rounds": 3},
+PROFILES = {  # examples per site, rounds, modes; quick only checks the harness (~5 min)
+    "quick": {"per_site": 100, "rounds": 1, "modes": ["site worker", "per-message process"]},
+    "full": {"per_site": 1000, "rounds": 3,
+             "modes": ["site worker", "site worker, 3 s pull", "per-message process"]},
 }
+MODE_FLAGS = {"site worker": ["--site-worker"], "site worker, 3 s pull": ["--site-worker", "--pull-interval", "3"],
+              "per-message process": []}
 STEPS = ("time_load", "time_tokenise", "time_train", "time_evaluate")
 TARGET = 0.80
 
@@ -58,7 +63,7 @@ def site_files(directory: Path, per_site: int, seed: int) -> list[Path]:
     return paths
 
 
-def federation(work: Path, files: list[Path], rounds: int, seed: int, site_worker: bool) -> list[dict]:
+def federation(work: Path, files: list[Path], rounds: int, seed: int, flags: list[str]) -> list[dict]:
     """Run fl-server and 3 fl-clients to the end; returns metrics.jsonl's round records."""
     port, run_dir = free_port(), work / "run"
     logs = {name: open(work / f"{name}.log", "w") for name in ("server", *(f.stem for f in files))}
@@ -79,7 +84,7 @@ def federation(work: Path, files: list[Path], rounds: int, seed: int, site_worke
         for path in files:
             clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
                                   "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
-                                  *(["--site-worker"] if site_worker else [])], path.stem))
+                                  *flags], path.stem))
         code = server.wait(timeout=3 * 3600)
     finally:
         for proc in (server, *clients):
@@ -107,6 +112,11 @@ def breakdown(record: dict) -> dict:
             "train_seconds_by_site": {s: record["fit"][s].get("time_train") for s in sites}}
 
 
+def speedup(slower: dict, faster: dict) -> float:
+    """How many times faster one mode's rounds were than another's, over all rounds."""
+    return round(sum(r["round_seconds"] for r in slower["rounds"]) / sum(r["round_seconds"] for r in faster["rounds"]), 2)
+
+
 def main() -> int:
     args = bench_args(__doc__.splitlines()[0]).parse_args()
     profile, seed = PROFILES[args.profile], 0
@@ -114,12 +124,12 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="fedsilo-bench-rounds-") as tmp:
         files = site_files(Path(tmp), profile["per_site"], seed)
-        for mode, worker in (("site worker", True), ("per-message process", False)):
-            work = Path(tmp) / mode.replace(" ", "-")
+        for mode in profile["modes"]:
+            work = Path(tmp) / mode.replace(" ", "-").replace(",", "")
             work.mkdir()
             log(f"round efficiency: {mode}: {SITES} sites x {profile['per_site']} examples, {profile['rounds']} rounds")
             started = time.monotonic()
-            rounds = [breakdown(r) for r in federation(work, files, profile["rounds"], seed, worker)]
+            rounds = [breakdown(r) for r in federation(work, files, profile["rounds"], seed, MODE_FLAGS[mode])]
             for r in rounds:
                 log(f"  round {r['round']}: {r['round_seconds']:.1f} s, training {100 * r['training_share']:.0f}% "
                     f"(train {r['mean_time_train']:.1f} s, evaluate {r['mean_time_evaluate']:.1f} s, "
@@ -137,15 +147,16 @@ def main() -> int:
         "header": header,
         "setup": {"sites": SITES, "examples_per_site": profile["per_site"], "rounds": profile["rounds"],
                   "local_epochs": 1, "data": "SST-2 train (random disjoint slices, seeded)",
-                  "model": "embedded all-MiniLM-L6-v2", "site_defaults": "LoRA, DP-SGD, SecAgg+",
+                  "model": "embedded all-MiniLM-L6-v2", "site_defaults": "LoRA, DP-SGD, SecAgg+, fl-client's pull interval (0.5 s)",
                   "engine": "deployment: SuperLink + 3 SuperNodes on 127.0.0.1, plaintext"},
         "modes": results,
         "target": {"training_share_at_least": TARGET,
                    "met_all_rounds": after["training_share_all_rounds"] >= TARGET,
                    "met_after_round_1": (after["training_share_after_round_1"] or 0) >= TARGET},
-        "speedup_round_time": round(sum(r["round_seconds"] for r in before["rounds"])
-                                    / sum(r["round_seconds"] for r in after["rounds"]), 2),
+        "speedup_round_time": speedup(before, after),
     }
+    if "site worker, 3 s pull" in results:  # the before/after of the shorter pull, in the same run
+        payload["speedup_round_time_vs_3s_pull"] = speedup(results["site worker, 3 s pull"], after)
     path = write_result(out_dir(args), "round_efficiency", payload)
     log(f"round efficiency: training share {100 * after['training_share_all_rounds']:.0f}% with the site worker, "
         f"{100 * before['training_share_all_rounds']:.0f}% with a process per message; "

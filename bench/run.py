@@ -12,9 +12,11 @@ bench/results/PROFILE (quick never overwrites the committed full results).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from harness import REPO, bench_args, bench_header, log, out_dir, write_result
 
@@ -31,6 +33,19 @@ SUITE = {
 }
 
 
+def earlier_entries(run_json: Path, rerun: list[str]) -> list[dict]:
+    """The entries of an earlier RUN.json for benchmarks not in ``rerun``, with the start of the run
+    that made them (their results keep their own headers)."""
+    if not run_json.exists():
+        return []
+    try:
+        old = json.loads(run_json.read_text())
+        return [{**s, "run_started_utc": s.get("run_started_utc", old["header"]["started_utc"])}
+                for s in old["scripts"] if s["name"] not in rerun]
+    except (ValueError, KeyError, TypeError):  # unreadable: the new run's entries stand alone
+        return []
+
+
 def main() -> int:
     p = bench_args(__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated benchmark names (default: the profile's suite)")
@@ -43,6 +58,9 @@ def main() -> int:
     header = bench_header("run", args.profile, [])
     target.mkdir(parents=True, exist_ok=True)
     (target / "logs").mkdir(exist_ok=True)
+    # A full profile takes hours, so it is often run a few benchmarks at a time (--only): the entries
+    # of the benchmarks not run now are kept, each marked with the run it came from.
+    earlier = earlier_entries(target / "RUN.json", wanted)
     # The results this run will write are removed first, so none can be left over from an earlier run
     # (git keeps the committed ones); any other result in DIR keeps its own header and date.
     for name in [*wanted, "RUN", "SUMMARY"]:
@@ -79,7 +97,9 @@ def main() -> int:
         scripts.append(entry)
         log(f"bench: {name}: {status} in {seconds} s")
 
-    write_result(target, "RUN", {"header": header, "scripts": scripts})
+    for entry in scripts:
+        entry["run_started_utc"] = header["started_utc"]
+    write_result(target, "RUN", {"header": header, "scripts": scripts + earlier})
     render = subprocess.run([sys.executable, str(BENCH / "render.py"), "--dir", str(target)], cwd=REPO)
     failed = [s["name"] for s in scripts if s["status"] == "failed"]
     if render.returncode != 0:
