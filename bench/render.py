@@ -86,6 +86,14 @@ def utility_md(d: dict, plots: list[str]) -> list[str]:
                    [[k, fmt(v["train_rows"]), fmt(v["subsample"]), fmt(v["test_rows"]), v["classes"],
                      fmt(100 * v["majority_class_accuracy"]) if "majority_class_accuracy" in v else "–"]
                     for k, v in s["datasets"].items()])
+    if d.get("complete") is False:  # a profile run in parts (bench/utility.py --datasets/--seeds/--partitions)
+        done = sorted({(r["dataset"], r["partition"], r["seed"]) for r in d["rows"]})
+        lines += ["", f"**Part of the {d['header']['profile']} profile only:** the groups run so far are "
+                  + ", ".join(f"{ds} {part} seed {seed}" for ds, part, seed in done) + "."]
+    if len(d.get("runs", [])) > 1:
+        lines += ["", "Measured in several runs (each row's commit is in the last table; a ceiling and the arms "
+                      "compared with it are always from one run): "
+                  + "; ".join(f"commit {commit} started {started}" for started, commit in d["runs"]) + "."]
     lines += ["", "Accuracy and macro-F1 (%) on the held-out test set, mean ± std over seeds; gap = ceiling − arm "
                   "in accuracy points, paired by seed:", ""]
     order = list(s["datasets"])  # the benchmark's own order: the headline dataset first
@@ -99,14 +107,16 @@ def utility_md(d: dict, plots: list[str]) -> list[str]:
     lines += ["", f"Target ({t['definition']}): gap {fmt(t['gap_points'], 2)} points over seeds "
               f"{', '.join(map(str, t.get('seeds', []))) or '–'} → "
               + (verdict(t["met"]) if t["applies_to_this_profile"] else
-                 "not judged: the target is defined on the full profile, and this run is not that measurement."),
+                 "not judged: the target is defined on the full profile with all its seeds, and this is not "
+                 "that measurement."),
               "", "Every run:", ""]
     lines += table(["dataset", "partition", "arm", "seed", "status", "accuracy", "macro-F1", "example passes",
-                    "ε spent (max site)", "wall s"],
+                    "ε spent (max site)", "wall s", "commit"],
                    [[r["dataset"], r["partition"], arm_label(r["arm"], r["epsilon"]), r["seed"], r["status"],
                      fmt(100 * r["accuracy"]) if "accuracy" in r else "–",
                      fmt(100 * r["macro_f1"]) if "macro_f1" in r else "–", fmt(r.get("example_passes")),
-                     fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds", r.get("train_seconds")))]
+                     fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds", r.get("train_seconds"))),
+                     r.get("run", {}).get("commit", d["header"]["commit"])]
                     for r in d["rows"]])
     return lines + [""] + [f"![utility]({p})" for p in plots]
 

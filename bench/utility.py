@@ -10,7 +10,14 @@ ROUNDS x LOCAL_EPOCHS epochs over the union, each site ROUNDS rounds of LOCAL_EP
 its share (under DP in expectation: Poisson sampling). Accuracy and macro-F1 are measured on the
 dataset's held-out test file, which no arm trains on.
 
-    python bench/utility.py --profile quick|full [--out DIR]
+    python bench/utility.py --profile quick|full [--out DIR] [--datasets A,B] [--seeds 42,43] [--partitions iid]
+
+The full grid takes hours, so it can be run in parts: with --datasets / --seeds / --partitions
+only those (dataset, seed, partition) groups run, and the groups an earlier run of the same profile
+left in DIR/utility.json are kept, each row naming the commit and start of the run that measured
+it. A ceiling and the arms it is compared with are always in one group, so every gap is still
+measured side by side in one run. The result file is rewritten after every group, so a run that
+is stopped keeps the groups it finished.
 """
 
 from __future__ import annotations
@@ -205,27 +212,73 @@ def target_check(summary: list[dict], profile: str) -> dict:
     row = next((s for s in summary if s["dataset"] == TARGET["dataset"] and s["partition"] == TARGET["partition"]
                 and s["epsilon"] == TARGET["epsilon"]), None)
     gap = None if row is None else row["gap_to_ceiling_points"]
-    applies = profile == "full"  # a quick run's gap is shown, but it is not the target's measurement
+    # A quick run's gap, or a full run's before all its seeds have run, is shown but not judged.
+    applies = profile == "full" and row is not None and set(row["gap_seeds"]) >= set(PROFILES["full"]["seeds"])
     return {"definition": "full profile, SST-2, MiniLM-L6, Dirichlet alpha=0.5: federated DP at epsilon 8 within "
                           "3 accuracy points of the centralised non-private ceiling (mean over seeds, paired by seed)",
             "applies_to_this_profile": applies, "gap_points": gap, "seeds": [] if row is None else row["gap_seeds"],
             "met": None if gap is None or not applies else gap <= TARGET["max_gap_points"]}
 
 
+def chosen(value: str, allowed: list[str], name: str, parser) -> list[str]:
+    """A comma-separated subset of the profile's list (all of it when empty)."""
+    if not value:
+        return list(allowed)
+    picked = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in picked if v not in allowed]
+    if unknown:
+        parser.error(f"--{name}: {', '.join(map(str, unknown))} not in this profile ({', '.join(map(str, allowed))})")
+    return picked
+
+
+def earlier_rows(path: Path, profile: str, groups: set) -> tuple[list[dict], dict]:
+    """Rows (and dataset facts) of an earlier run of this profile in `path`, outside `groups`."""
+    if not path.exists():
+        return [], {}
+    try:
+        old = json.loads(path.read_text())
+        if old["header"]["profile"] != profile:
+            return [], {}
+        run = {"commit": old["header"]["commit"], "started_utc": old["header"]["started_utc"]}
+        rows = [{**r, "run": r.get("run", run)} for r in old["rows"]
+                if (r["dataset"], r["seed"], r["partition"]) not in groups]
+        kept = {r["dataset"] for r in rows}
+        return rows, {k: v for k, v in old["setup"]["datasets"].items() if k in kept}
+    except (ValueError, KeyError, TypeError):
+        return [], {}  # unreadable: this run's rows stand alone (git keeps the committed file)
+
+
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    parser = bench_args(__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="", help="comma-separated subset of the profile's datasets")
+    parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
+    parser.add_argument("--partitions", default="", help="comma-separated subset of the profile's partitions")
+    args = parser.parse_args()
     prof = PROFILES[args.profile]
-    header = bench_header("utility", args.profile, prof["seeds"])
+    plan = {"datasets": chosen(args.datasets, prof["datasets"], "datasets", parser),
+            "seeds": chosen(args.seeds, [str(s) for s in prof["seeds"]], "seeds", parser),
+            "partitions": chosen(args.partitions, prof["partitions"], "partitions", parser)}
+    plan["seeds"] = [int(s) for s in plan["seeds"]]
+    header = bench_header("utility", args.profile, plan["seeds"])
+    run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     epochs = prof["rounds"] * prof["local_epochs"]
-    rows, datasets = [], {}
+    groups = {(d, s, q) for d in plan["datasets"] for s in plan["seeds"] for q in plan["partitions"]}
+    rows, datasets = earlier_rows(out_dir(args) / "utility.json", args.profile, groups)
+    all_groups = {(d, s, q) for d in prof["datasets"] for s in prof["seeds"] for q in prof["partitions"]}
+
+    def save() -> Path:
+        done = {(r["dataset"], r["seed"], r["partition"]) for r in rows}
+        return write_result(out_dir(args), "utility", payload(args.profile, prof, header, rows, datasets,
+                                                               complete=all_groups <= done))
+
     with tempfile.TemporaryDirectory(prefix="bench-utility-") as work:
         work = Path(work)
-        for dataset in prof["datasets"]:
+        for dataset in plan["datasets"]:
             train_path, test_path = (DATA / p for p in DATASETS[dataset])
             texts, labels = read_tsv(train_path)
             test = read_tsv(test_path)
             label_set = tuple(sorted(set(labels)))  # what fl-sim would derive; fixed here for every subsample
-            for seed in prof["seeds"]:
+            for seed in plan["seeds"]:
                 keep = stratified_subsample(labels, prof["train_examples"][dataset], seed)
                 sub_texts, sub_labels = [texts[i] for i in keep], [labels[i] for i in keep]
                 # a temporary file, never in the repository
@@ -236,8 +289,8 @@ def main() -> int:
                                      # what always answering the test set's most common class scores
                                      "majority_class_accuracy":
                                          round(max(map(test[1].count, label_set)) / len(test[1]), 4)}
-                for part in prof["partitions"]:
-                    base = {"dataset": dataset, "partition": part, "seed": seed}
+                for part in plan["partitions"]:
+                    base = {"dataset": dataset, "partition": part, "seed": seed, "run": run}
                     union = site_training_union(sub_labels, label_set, part, seed)
                     log(f"utility: {dataset} seed {seed} {part}: centralised, {len(union)} examples x {epochs} epochs")
                     row = {**base, "arm": "centralised", "epsilon": None}
@@ -259,9 +312,20 @@ def main() -> int:
                         log(f"utility:   -> {row.get('accuracy')} acc, {row.get('macro_f1')} macro-F1 "
                             f"({row['status']}, {row.get('wall_seconds')} s)")
                         rows.append(row)
+                    save()  # this group is kept even if the run is stopped later
+    path = save()
+    log(f"utility: wrote {path}")
+    mine = [r for r in rows if r["run"] == run]
+    return 0 if all(r.get("status") == "ok" for r in mine) else 1
+
+
+def payload(profile: str, prof: dict, header: dict, rows: list[dict], datasets: dict, complete: bool) -> dict:
     summary = aggregate(rows)
-    payload = {
+    epochs = prof["rounds"] * prof["local_epochs"]
+    return {
         "header": header,
+        "complete": complete,
+        "runs": sorted({(r["run"]["started_utc"], r["run"]["commit"]) for r in rows}),
         "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA r=8 on query,value + classification head",
                   "sites": SITES, "partitions": prof["partitions"], "dirichlet_alpha": ALPHA,
                   "rounds": prof["rounds"], "local_epochs": prof["local_epochs"], "centralised_epochs": epochs,
@@ -275,11 +339,8 @@ def main() -> int:
                   "datasets": datasets},
         "rows": rows,
         "summary": summary,
-        "target": target_check(summary, args.profile),
+        "target": target_check(summary, profile),
     }
-    path = write_result(out_dir(args), "utility", payload)
-    log(f"utility: wrote {path}")
-    return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
 if __name__ == "__main__":
