@@ -166,10 +166,17 @@ def scale_md(d: dict, plots: list[str]) -> list[str]:
     if d.get("complete") is False:
         lines += [f"**Incomplete:** the benchmark was stopped after {len(d['rows'])} of its runs; these are the runs "
                   "it finished.", ""]
+    runs = {(r.get("run") or {}).get("started_utc") for r in d["rows"]}
     lines += table(["configuration", "sites", "records", "status", "whole command s", "round s", "peak PSS GiB",
-                    "peak RSS GiB"],
+                    "peak RSS GiB"] + (["run (commit, start)"] if len(runs) > 1 else []),
                    [[r["config"], fmt(r["sites"]), fmt(r["records"]), r["status"], fmt(r["wall_seconds"]),
-                     fmt(r.get("round_seconds")), fmt(r["peak_pss_gib"], 2), fmt(r["peak_rss_gib"], 2)] for r in d["rows"]])
+                     fmt(r.get("round_seconds")), fmt(r["peak_pss_gib"], 2), fmt(r["peak_rss_gib"], 2)]
+                    + ([f"{r['run']['commit']}, {r['run']['started_utc']}" if r.get("run") else "–"] if len(runs) > 1 else [])
+                    for r in d["rows"]])
+    for r in d["rows"]:
+        if r["status"] != "ok" and r.get("log_tail"):  # the run's own last words on why
+            why = [x for x in r["log_tail"].splitlines() if "error" in x.lower() or "failed" in x.lower()]
+            lines += ["", f"{r['sites']} sites ({r['config']}) {r['status']}: `{(why or r['log_tail'].splitlines())[-1].strip()}`"]
     if d["ratios"]:
         lines += ["", "Ratios (larger / smaller federation, same run): " + "; ".join(
             f"{k}: round ×{v['round']}, whole command ×{v['wall']}" for k, v in d["ratios"].items())]

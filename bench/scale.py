@@ -8,7 +8,11 @@ Each size runs `fl-sim` in its own process tree with FedSilo's defaults (DP-SGD 
 the full profile also without SecAgg+); wall time is the whole command (start-up included), peak
 memory the sampled sum over the tree.
 
-    python bench/scale.py --profile quick|full [--out DIR]
+    python bench/scale.py --profile quick|full [--out DIR] [--sites 1000] [--configs defaults]
+
+With --sites / --configs only those runs are made, and the runs an earlier run of the same profile
+left in DIR/scale.json are kept, each row naming the commit and start of the run that measured
+it; ratios and the 10x target compare rows of one run only.
 """
 
 from __future__ import annotations
@@ -62,15 +66,17 @@ def one_size(sites: int, config: str, flags: list[str], model: Path, tmp: Path, 
 
 
 def targets(rows: list[dict]) -> dict:
-    """True / False per target, from this run's numbers; None where they do not decide it (not
-    measured, or a run that failed). A 1,000-site run stopped at the timeout still decides what
-    its elapsed time and memory so far can decide."""
+    """True / False per target, from this run's numbers; None where they do not decide it. A
+    1,000-site run that timed out or failed still decides what its elapsed time and memory can."""
     by = {r["sites"]: r for r in rows if r["config"] == "defaults"}
     big, mid = by.get(1000), by.get(100)
-    mid_round = mid.get("round_seconds") if mid else None
-    if big is None or big["status"] == "failed":
+    # the 10x comparison only between rows of one run
+    mid_round = mid.get("round_seconds") if mid and big and mid.get("run") == big.get("run") else None
+    if big is None:
         return {"wall_1000_sites_le_600s": None, "memory_1000_sites_le_8gib": None, "round_1000_le_10x_round_100": None}
-    if big["status"] == "timed out":  # the round took at least the elapsed time, and memory was at least the peak
+    if big["status"] != "ok":
+        # Timed out or failed: the round did not complete in the elapsed time, and memory was at
+        # least the peak, so only a target those already exceed is decided (not met).
         return {"wall_1000_sites_le_600s": False if big["wall_seconds"] > TARGET_SECONDS_1000 else None,
                 "memory_1000_sites_le_8gib": False if big["peak_pss_gib"] > TARGET_GIB_1000 else None,
                 "round_1000_le_10x_round_100": None if mid_round is None
@@ -81,10 +87,35 @@ def targets(rows: list[dict]) -> dict:
             else big["round_seconds"] <= TARGET_RATIO_1000_VS_100 * mid_round}
 
 
+def earlier_rows(path: Path, profile: str, rerun: set) -> list[dict]:
+    """Rows of an earlier run of this profile in `path`, other than the (sites, config) in `rerun`."""
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        if old["header"]["profile"] != profile:
+            return []
+        run = {"commit": old["header"]["commit"], "started_utc": old["header"]["started_utc"]}
+        return [{**r, "run": r.get("run", run)} for r in old["rows"] if (r["sites"], r["config"]) not in rerun]
+    except (ValueError, KeyError, TypeError):
+        return []  # unreadable: this run's rows stand alone (git keeps the committed file)
+
+
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    parser = bench_args(__doc__.splitlines()[0])
+    parser.add_argument("--sites", default="", help="comma-separated subset of the profile's federation sizes")
+    parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations")
+    args = parser.parse_args()
+    sizes = [int(v) for v in args.sites.split(",") if v.strip().isdigit()] or SITES[args.profile]
+    configs = [(c, f) for c, f in CONFIGS[args.profile] if not args.configs or c in args.configs.split(",")]
+    if set(sizes) - set(SITES[args.profile]) or not configs or (args.sites and len(sizes) != len(args.sites.split(","))):
+        parser.error(f"--sites must be among {SITES[args.profile]} and --configs among "
+                     f"{[c for c, _ in CONFIGS[args.profile]]} for the {args.profile} profile")
     header = bench_header("scale", args.profile, [SEED])
-    rows = []
+    run = {"commit": header["commit"], "started_utc": header["started_utc"]}
+    planned = {(n, c) for n in sizes for c, _ in configs}
+    rows = earlier_rows(out_dir(args) / "scale.json", args.profile, planned)
+    every = {(n, c) for n in SITES[args.profile] for c, _ in CONFIGS[args.profile]}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
         from common.model import save_tiny_bert  # imports torch: only when needed
@@ -92,17 +123,17 @@ def main() -> int:
         # Smallest federations first, and at each size the cheaper configuration first, so the
         # longest run comes last; the result file is rewritten after every run, so a run stopped
         # by hand keeps what it measured (marked incomplete).
-        for sites in SITES[args.profile]:
-            for config, flags in reversed(CONFIGS[args.profile]):
+        for sites in sizes:
+            for config, flags in reversed(configs):
                 log(f"scale: {sites} sites ({config}), one round ...")
-                row = one_size(sites, config, flags, model, tmp, TIMEOUT[args.profile])
+                row = {**one_size(sites, config, flags, model, tmp, TIMEOUT[args.profile]), "run": run}
                 log(f"scale: {sites} sites ({config}) -> {row['status']}, {row['wall_seconds']} s, "
                     f"round {row.get('round_seconds')} s, peak PSS {row['peak_pss_gib']} GiB")
                 rows.append(row)
-                done = len(rows) == len(SITES[args.profile]) * len(CONFIGS[args.profile])
+                done = every <= {(r["sites"], r["config"]) for r in rows}
                 path = write_result(out_dir(args), "scale", result(args.profile, header, rows, complete=done))
     log(f"scale: wrote {path}")
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] == "ok" for r in rows if r["run"] == run) else 1
 
 
 def result(profile: str, header: dict, rows: list[dict], complete: bool) -> dict:
@@ -110,7 +141,7 @@ def result(profile: str, header: dict, rows: list[dict], complete: bool) -> dict
     for config, _ in CONFIGS[profile]:
         by = {r["sites"]: r for r in rows if r["status"] == "ok" and r["config"] == config}
         for small, big in zip(SITES[profile], SITES[profile][1:]):
-            if small in by and big in by:
+            if small in by and big in by and by[small].get("run") == by[big].get("run"):  # one run only
                 ratios[f"{config}: {big} vs {small} sites"] = {
                     "round": round(by[big]["round_seconds"] / by[small]["round_seconds"], 2),
                     "wall": round(by[big]["wall_seconds"] / by[small]["wall_seconds"], 2)}
