@@ -28,6 +28,7 @@ from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
 from client.site import redact
+from client.supernode import COMMAND as SUPERNODE_COMMAND
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
@@ -264,7 +265,7 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
     # die_with_parent: if fl-client itself is killed (kill -9 of its process group, which does not
     # hold the SuperNode), the SuperNode gets SIGTERM and signs off instead of running on orphaned,
     # still holding the site's key, so that a restarted fl-client could not connect.
-    supernode = subprocess.Popen([sys.executable, "-m", "client.supernode", *args], env=env, stdout=subprocess.PIPE,
+    supernode = subprocess.Popen([*SUPERNODE_COMMAND, *args], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                  errors="replace", start_new_session=True, preexec_fn=die_with_parent)
     fatal, attempts = None, 0

@@ -19,6 +19,9 @@ import time
 
 PULL_ENV = "FEDSILO_PULL_INTERVAL"
 DEFAULT_PULL_INTERVAL = 0.5
+# How fl-client starts it. -P: the working directory is not put on sys.path, so a `client` folder
+# wherever the operator happens to run fl-client cannot stand in for this package.
+COMMAND = [sys.executable, "-P", "-m", "client.supernode"]
 
 
 class CappedTime:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import ast
 import inspect
 import subprocess
-import sys
 import time
 
 import flwr.supernode.start_client_internal as loop
 
-from client.supernode import PULL_ENV, CappedTime, cap_pull_interval
+from client.supernode import COMMAND, PULL_ENV, CappedTime, cap_pull_interval
 
 
 def test_flower_supernode_loop_waits_3_s_through_the_time_module():
@@ -41,9 +40,13 @@ def test_cap_is_installed_in_flowers_loop(monkeypatch):
     assert isinstance(loop.time, CappedTime) and loop.time.cap == 0.5
 
 
-def test_supernode_module_starts_flowers_supernode():
-    # `python -m client.supernode --help` is Flower's own SuperNode CLI, with the cap applied first.
-    out = subprocess.run([sys.executable, "-m", "client.supernode", "--help"], capture_output=True, text=True,
-                         timeout=120, env={"PATH": "", PULL_ENV: "0.5"})
+def test_supernode_module_starts_flowers_supernode(tmp_path):
+    # fl-client's command with --help is Flower's own SuperNode CLI, with the cap applied first; a
+    # `client` folder in the working directory must not stand in for FedSilo's package.
+    (tmp_path / "client").mkdir()
+    (tmp_path / "client" / "__init__.py").write_text("")
+    (tmp_path / "client" / "supernode.py").write_text("raise SystemExit('wrong client package')\n")
+    out = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+                         env={"PATH": "", PULL_ENV: "0.5"})
     assert out.returncode == 0, out.stderr
     assert "usage: flower-supernode" in out.stdout and "--superlink" in out.stdout
