@@ -124,6 +124,32 @@ def bench_args(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def subset(value: str, allowed: list, name: str, parser: argparse.ArgumentParser) -> list[str]:
+    """--NAME a,b: a comma-separated subset of the profile's list, as strings (all of it when empty)."""
+    allowed = [str(a) for a in allowed]
+    if not value:
+        return allowed
+    picked = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in picked if v not in allowed]
+    if unknown:
+        parser.error(f"--{name}: {', '.join(unknown)} not in this profile ({', '.join(allowed)})")
+    return picked
+
+
+def earlier_rows(path: Path, profile: str, key, rerun: set) -> tuple[list[dict], dict]:
+    """A benchmark run in parts: the rows an earlier run of this profile left in `path` whose
+    key(row) is not in `rerun`, each tagged with the run that measured it, and that file's payload
+    ({} when there is none, it is another profile's, or it cannot be read: git keeps the committed one)."""
+    try:
+        old = json.loads(path.read_text())
+        if old["header"]["profile"] != profile:
+            return [], {}
+        run = {"commit": old["header"]["commit"], "started_utc": old["header"]["started_utc"]}
+        return [{**r, "run": r.get("run", run)} for r in old["rows"] if key(r) not in rerun], old
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], {}
+
+
 def out_dir(args: argparse.Namespace) -> Path:
     return args.out if args.out is not None else REPO / "bench" / "results" / args.profile
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import bench_args, bench_header, log, out_dir, run_measured, tail, write_result
+from harness import bench_args, bench_header, earlier_rows, log, out_dir, run_measured, subset, tail, write_result
 
 BIN = Path(sys.executable).parent
 # quick: the harness on two small federations (100 sites alone take minutes on 2 cores).
@@ -87,34 +87,18 @@ def targets(rows: list[dict]) -> dict:
             else big["round_seconds"] <= TARGET_RATIO_1000_VS_100 * mid_round}
 
 
-def earlier_rows(path: Path, profile: str, rerun: set) -> list[dict]:
-    """Rows of an earlier run of this profile in `path`, other than the (sites, config) in `rerun`."""
-    if not path.exists():
-        return []
-    try:
-        old = json.loads(path.read_text())
-        if old["header"]["profile"] != profile:
-            return []
-        run = {"commit": old["header"]["commit"], "started_utc": old["header"]["started_utc"]}
-        return [{**r, "run": r.get("run", run)} for r in old["rows"] if (r["sites"], r["config"]) not in rerun]
-    except (ValueError, KeyError, TypeError):
-        return []  # unreadable: this run's rows stand alone (git keeps the committed file)
-
-
 def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--sites", default="", help="comma-separated subset of the profile's federation sizes")
     parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations")
     args = parser.parse_args()
-    sizes = [int(v) for v in args.sites.split(",") if v.strip().isdigit()] or SITES[args.profile]
-    configs = [(c, f) for c, f in CONFIGS[args.profile] if not args.configs or c in args.configs.split(",")]
-    if set(sizes) - set(SITES[args.profile]) or not configs or (args.sites and len(sizes) != len(args.sites.split(","))):
-        parser.error(f"--sites must be among {SITES[args.profile]} and --configs among "
-                     f"{[c for c, _ in CONFIGS[args.profile]]} for the {args.profile} profile")
+    sizes = [int(n) for n in subset(args.sites, SITES[args.profile], "sites", parser)]
+    names = subset(args.configs, [c for c, _ in CONFIGS[args.profile]], "configs", parser)
+    configs = [(c, f) for c, f in CONFIGS[args.profile] if c in names]
     header = bench_header("scale", args.profile, [SEED])
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     planned = {(n, c) for n in sizes for c, _ in configs}
-    rows = earlier_rows(out_dir(args) / "scale.json", args.profile, planned)
+    rows, _ = earlier_rows(out_dir(args) / "scale.json", args.profile, lambda r: (r["sites"], r["config"]), planned)
     every = {(n, c) for n in SITES[args.profile] for c, _ in CONFIGS[args.profile]}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)

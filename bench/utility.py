@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import bench_args, bench_header, log, out_dir, run_measured, tail, write_result
+from harness import bench_args, bench_header, earlier_rows, log, out_dir, run_measured, subset, tail, write_result
 
 BIN = Path(sys.executable).parent
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # /work/shared/data
@@ -220,34 +220,6 @@ def target_check(summary: list[dict], profile: str) -> dict:
             "met": None if gap is None or not applies else gap <= TARGET["max_gap_points"]}
 
 
-def chosen(value: str, allowed: list[str], name: str, parser) -> list[str]:
-    """A comma-separated subset of the profile's list (all of it when empty)."""
-    if not value:
-        return list(allowed)
-    picked = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in picked if v not in allowed]
-    if unknown:
-        parser.error(f"--{name}: {', '.join(map(str, unknown))} not in this profile ({', '.join(map(str, allowed))})")
-    return picked
-
-
-def earlier_rows(path: Path, profile: str, groups: set) -> tuple[list[dict], dict]:
-    """Rows (and dataset facts) of an earlier run of this profile in `path`, outside `groups`."""
-    if not path.exists():
-        return [], {}
-    try:
-        old = json.loads(path.read_text())
-        if old["header"]["profile"] != profile:
-            return [], {}
-        run = {"commit": old["header"]["commit"], "started_utc": old["header"]["started_utc"]}
-        rows = [{**r, "run": r.get("run", run)} for r in old["rows"]
-                if (r["dataset"], r["seed"], r["partition"]) not in groups]
-        kept = {r["dataset"] for r in rows}
-        return rows, {k: v for k, v in old["setup"]["datasets"].items() if k in kept}
-    except (ValueError, KeyError, TypeError):
-        return [], {}  # unreadable: this run's rows stand alone (git keeps the committed file)
-
-
 def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="", help="comma-separated subset of the profile's datasets")
@@ -255,15 +227,16 @@ def main() -> int:
     parser.add_argument("--partitions", default="", help="comma-separated subset of the profile's partitions")
     args = parser.parse_args()
     prof = PROFILES[args.profile]
-    plan = {"datasets": chosen(args.datasets, prof["datasets"], "datasets", parser),
-            "seeds": chosen(args.seeds, [str(s) for s in prof["seeds"]], "seeds", parser),
-            "partitions": chosen(args.partitions, prof["partitions"], "partitions", parser)}
-    plan["seeds"] = [int(s) for s in plan["seeds"]]
+    plan = {"datasets": subset(args.datasets, prof["datasets"], "datasets", parser),
+            "seeds": [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)],
+            "partitions": subset(args.partitions, prof["partitions"], "partitions", parser)}
     header = bench_header("utility", args.profile, plan["seeds"])
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     epochs = prof["rounds"] * prof["local_epochs"]
     groups = {(d, s, q) for d in plan["datasets"] for s in plan["seeds"] for q in plan["partitions"]}
-    rows, datasets = earlier_rows(out_dir(args) / "utility.json", args.profile, groups)
+    rows, old = earlier_rows(out_dir(args) / "utility.json", args.profile,
+                             lambda r: (r["dataset"], r["seed"], r["partition"]), groups)
+    datasets = {k: v for k, v in old.get("setup", {}).get("datasets", {}).items() if k in {r["dataset"] for r in rows}}
     all_groups = {(d, s, q) for d in prof["datasets"] for s in prof["seeds"] for q in prof["partitions"]}
 
     def save() -> Path:
