@@ -6,7 +6,10 @@ off, after charging its own privacy ledger) -> return the delta (never the data)
 A `SiteRound` holds what does not change during a run: the site's redacted records, the
 tokenizer, the model and the tokenised splits. `serve()` keeps the last one, so a process that
 answers many messages (fl-client's site worker, a simulation actor) loads and tokenises once
-per run instead of once per message.
+per run instead of once per message. The tokenizer and model depend on the run only, so
+`serve()` keeps them apart from the site: a simulation actor that serves many virtual sites in
+turn loads them once per run, not once per site (each message sets the trainable weights it
+was sent before using the model, and the frozen ones never change).
 """
 
 from __future__ import annotations
@@ -30,21 +33,37 @@ from common.privacy import calibrate_noise, sample_rate, steps_per_round
 from common.updates import update_problem
 
 
+class RunModel:
+    """The run's tokenizer and model: the same for every site of the run."""
+
+    def __init__(self, run_config: dict):
+        started = time.perf_counter()
+        cfg = RunConfig.from_dict(dict(run_config))
+        cfg.require_labels()
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = build_model(cfg)
+        self._unreported = time.perf_counter() - started  # the first site served reports it
+
+    def take_load_seconds(self) -> float:
+        seconds, self._unreported = self._unreported, 0.0
+        return seconds
+
+
 class SiteRound:
-    def __init__(self, run_id: str, run_config: dict, node_config: dict):
+    def __init__(self, run_id: str, run_config: dict, node_config: dict, run_model: RunModel):
         started = time.perf_counter()
         self.cfg = RunConfig.from_dict(dict(run_config))
         self.cfg.require_labels()
         self.site = site_data(self.cfg, dict(node_config))
-        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.tokenizer, self.model = run_model.tokenizer, run_model.model
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.model = build_model(self.cfg)
         self.run_id = str(run_id)
         loaded = time.perf_counter()
         self.train_data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length, self.site.train_labels)
         self.eval_data = encode(self.tokenizer, self.site.eval.texts, self.cfg.max_length, self.site.eval_labels)
         # Paid by the first message of a run only; reported so a slow round can be explained.
-        self.pending = {"time_load": loaded - started, "time_tokenise": time.perf_counter() - loaded}
+        self.pending = {"time_load": loaded - started + run_model.take_load_seconds(),
+                        "time_tokenise": time.perf_counter() - loaded}
 
     def _setup_seconds(self) -> dict[str, float]:
         spent, self.pending = self.pending, {"time_load": 0.0, "time_tokenise": 0.0}
@@ -131,18 +150,22 @@ class SiteRound:
                                  "time_evaluate": round(time.perf_counter() - started, 3)}
 
 
+_run: tuple[tuple, RunModel] | None = None  # the run last served, with its tokenizer and model
 _current: tuple[tuple, SiteRound] | None = None  # the run and site last served, with its state
 
 
 def serve(request: dict):
     """Answer one task {"op": "fit"|"evaluate", "run_id", "run_config", "node_config",
     "parameters", "config"} with the result NumPyClient's fit/evaluate return."""
-    global _current
-    key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str),
-           json.dumps(request["node_config"], sort_keys=True, default=str))
+    global _run, _current
+    run_key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str))
+    key = (*run_key, json.dumps(request["node_config"], sort_keys=True, default=str))
     if _current is None or _current[0] != key:
-        _current = None  # free the previous run's model before building the next
-        _current = (key, SiteRound(request["run_id"], request["run_config"], request["node_config"]))
+        _current = None
+        if _run is None or _run[0] != run_key:
+            _run = None  # free the previous run's model before building the next
+            _run = (run_key, RunModel(request["run_config"]))
+        _current = (key, SiteRound(request["run_id"], request["run_config"], request["node_config"], _run[1]))
     site = _current[1]
     if request["op"] == "fit":
         return site.fit(request["parameters"], request["config"])

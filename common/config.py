@@ -61,9 +61,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("text-column", str, "text", "Name of the text column in the site's data file."),
     Option("label-column", str, "label", "Name of the label column in the site's data file."),
     Option("secure-aggregation", bool, True, "Secure aggregation (Flower's SecAgg+): the server "
-           "learns only the sum of the sites' updates."),
+           "learns only the sum of the sites' updates, unless it colludes with at least secagg-threshold sites."),
     Option("secagg-threshold", int, 2, "SecAgg+: sites whose key shares must survive for a round "
-           "to be unmasked; fewer left means the round fails.", minimum=2, maximum=100_000),
+           "to be unmasked; fewer left means the round fails. That many sites together could also unmask "
+           "single updates: higher resists more collusion, tolerates fewer dropouts.", minimum=2, maximum=100_000),
     Option("round-timeout", float, 600.0, "Seconds to wait for enough sites to connect before a "
            "round, and (SecAgg+) for the sites at each stage of a round.", minimum=1.0, maximum=86_400.0),
     Option("aggregation", str, "fedavg", "How the server combines updates: 'fedavg' (weighted mean; "

@@ -110,3 +110,30 @@ def test_virtual_sites_in_one_process_read_the_simulation_file_once(demo_dir, tm
     rows = data.read_text().splitlines()
     data.write_text("\n".join(rows[:301]) + "\n")
     assert sum(len(site_data(cfg, {"partition-id": i, "num-partitions": 3}).records) for i in range(3)) == 300
+
+
+def test_virtual_sites_in_one_process_share_the_run_model_without_sharing_results(tiny_model, demo_dir, tmp_path):
+    """A simulation actor serves many virtual sites in turn: the tokenizer and model are loaded once
+    per run, and a site's update is the same whichever site the process served before it."""
+    from client import site_round
+
+    data = tmp_path / "all.tsv"
+    data.write_bytes((demo_dir / "all.tsv").read_bytes())
+
+    def sim_request(op, run_dir, pid, parameters):
+        cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "sim-data": str(data),
+                                   "run-dir": str(run_dir), "batch-size": 32, "sim-target-epsilon": 8.0})
+        return {"op": op, "run_id": "9", "run_config": cfg.to_flat(), "parameters": parameters,
+                "config": {"server-round": 1}, "node_config": {"partition-id": pid, "num-partitions": 3}}
+
+    initial = get_weights(build_model(RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS})))
+    site_round._run = site_round._current = None
+    alone, n_alone, _ = site_round.serve(sim_request("fit", tmp_path / "alone", 0, initial))  # site 0 first
+
+    site_round._run = site_round._current = None
+    _, _, first = site_round.serve(sim_request("fit", tmp_path / "shared", 1, initial))
+    model = site_round._run[1].model
+    after, n_after, second = site_round.serve(sim_request("fit", tmp_path / "shared", 0, initial))
+    assert site_round._run[1].model is model  # loaded once for both sites
+    assert first["time_load"] > second["time_load"]  # the second site paid for its data only
+    assert n_after == n_alone and all(np.array_equal(a, b) for a, b in zip(alone, after))
