@@ -34,14 +34,14 @@ from common.updates import update_problem
 
 
 class RunModel:
-    """The run's tokenizer and model: the same for every site of the run."""
+    """The run's config, tokenizer and model: the same for every site of the run."""
 
     def __init__(self, run_config: dict):
         started = time.perf_counter()
-        cfg = RunConfig.from_dict(dict(run_config))
-        cfg.require_labels()
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.model = build_model(cfg)
+        self.cfg = RunConfig.from_dict(dict(run_config))
+        self.cfg.require_labels()
+        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.model = build_model(self.cfg)
         self._unreported = time.perf_counter() - started  # the first site served reports it
 
     def take_load_seconds(self) -> float:
@@ -50,10 +50,9 @@ class RunModel:
 
 
 class SiteRound:
-    def __init__(self, run_id: str, run_config: dict, node_config: dict, run_model: RunModel):
+    def __init__(self, run_id: str, node_config: dict, run_model: RunModel):
         started = time.perf_counter()
-        self.cfg = RunConfig.from_dict(dict(run_config))
-        self.cfg.require_labels()
+        self.cfg = run_model.cfg  # the run's config, parsed once with its model
         self.site = site_data(self.cfg, dict(node_config))
         self.tokenizer, self.model = run_model.tokenizer, run_model.model
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -165,7 +164,7 @@ def serve(request: dict):
         if _run is None or _run[0] != run_key:
             _run = None  # free the previous run's model before building the next
             _run = (run_key, RunModel(request["run_config"]))
-        _current = (key, SiteRound(request["run_id"], request["run_config"], request["node_config"], _run[1]))
+        _current = (key, SiteRound(request["run_id"], request["node_config"], _run[1]))
     site = _current[1]
     if request["op"] == "fit":
         return site.fit(request["parameters"], request["config"])
