@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-ORDER = ["utility", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 
 # ------------------------------------------------------------------------------------ provenance
@@ -404,6 +404,27 @@ def secagg_overhead_png(d: dict, out: Path, plt) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- anything else
+def head_features_md(d: dict, plots: list[str]) -> list[str]:
+    setup, stats = d["setup"], d["feature_stats_on_dev"]
+    sizes = list(dict.fromkeys(r["train_examples"] for r in d["summary"]))
+    cell = {(r["train_examples"], r["features"], r["epsilon"]): r for r in d["summary"]}
+    lines = [f"Frozen {setup['model']}; a linear head on each feature set; {setup['data']}; {setup['epochs']} epochs, "
+             f"expected batch {setup['expected_batch']}, {setup['optimizer']}; DP: {setup['dp']}. "
+             f"Majority class: {setup['majority_class_accuracy']}. Mean accuracy over the seeds "
+             f"(std in brackets).", ""]
+    rows = []
+    for name in ("pooler", "mean"):
+        for eps in dict.fromkeys(r["epsilon"] for r in d["summary"]):
+            rows.append([name, "none" if eps is None else f"ε = {eps:g}"] + [
+                f"{cell[n, name, eps]['accuracy_mean']:.3f}"
+                + (f" ({cell[n, name, eps]['accuracy_std']:.3f})" if cell[n, name, eps]["accuracy_std"] is not None else "")
+                for n in sizes])
+    lines += table(["features", "DP"] + [f"n = {n}" for n in sizes], rows)
+    lines += ["", "Spread of each feature across dev texts (mean std per dimension): "
+              + ", ".join(f"{k} {v['std_across_texts']}" for k, v in stats.items())]
+    return lines
+
+
 def generic_md(d: dict, plots: list[str]) -> list[str]:
     """A benchmark without a section here: its own Markdown, else its rows as a table."""
     if isinstance(d.get("summary_md"), (str, list)):
@@ -422,6 +443,7 @@ def generic_md(d: dict, plots: list[str]) -> list[str]:
 
 SECTIONS = {
     "utility": ("Utility on real data", utility_md, utility_png),
+    "head_features": ("What the classification head sees (DP diagnosis)", head_features_md, None),
     "round_efficiency": ("Round efficiency in deployment", round_efficiency_md, round_efficiency_png),
     "scale": ("Simulation scale", scale_md, scale_png),
     "traffic": ("Bytes per site per round", traffic_md, traffic_png),

@@ -25,6 +25,7 @@ BENCH = REPO / "bench"
 # (they stay runnable on their own: `make bench-dp`, `python bench/secagg_overhead.py`).
 SUITE = {
     "utility": ("quick", "full"),
+    "head_features": ("quick", "full"),
     "scale": ("quick", "full"),
     "traffic": ("quick", "full"),
     "round_efficiency": ("quick", "full"),  # run only where bench/round_efficiency.py exists
