@@ -26,7 +26,6 @@ import statistics
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from harness import bench_args, bench_header, log, out_dir, write_result
