@@ -58,11 +58,12 @@ def features(encoder, tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     return {"pooler": pooled, "mean": mean}
 
 
-def train_head(x: torch.Tensor, y: torch.Tensor, epsilon: float | None, seed: int) -> tuple[torch.nn.Module, float | None]:
+def train_head(x: torch.Tensor, y: torch.Tensor, classes: int, epsilon: float | None,
+               seed: int) -> tuple[torch.nn.Module, float | None]:
     from opacus import PrivacyEngine
 
     torch.manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+    head = torch.nn.Linear(x.shape[1], classes)
     optimizer = torch.optim.Adam(head.parameters(), lr=LR)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True)
     sigma = None
@@ -107,7 +108,7 @@ def main() -> int:
             y = torch.tensor([label_set.index(labels[i]) for i in keep])
             for name in ("pooler", "mean"):
                 for eps in prof["epsilons"]:
-                    head, sigma = train_head(train[name], y, eps, seed)
+                    head, sigma = train_head(train[name], y, len(label_set), eps, seed)
                     with torch.no_grad():
                         acc = float((head(test[name]).argmax(1) == y_test).float().mean())
                     rows.append({"seed": seed, "train_examples": len(keep), "features": name, "epsilon": eps,

@@ -415,10 +415,10 @@ def head_features_md(d: dict, plots: list[str]) -> list[str]:
     rows = []
     for name in ("pooler", "mean"):
         for eps in dict.fromkeys(r["epsilon"] for r in d["summary"]):
+            cells = [cell[n, name, eps] for n in sizes]
             rows.append([name, "none" if eps is None else f"ε = {eps:g}"] + [
-                f"{cell[n, name, eps]['accuracy_mean']:.3f}"
-                + (f" ({cell[n, name, eps]['accuracy_std']:.3f})" if cell[n, name, eps]["accuracy_std"] is not None else "")
-                for n in sizes])
+                f"{c['accuracy_mean']:.3f}" + (f" ({c['accuracy_std']:.3f})" if c["accuracy_std"] is not None else "")
+                for c in cells])
     lines += table(["features", "DP"] + [f"n = {n}" for n in sizes], rows)
     lines += ["", "Spread of each feature across dev texts (mean std per dimension): "
               + ", ".join(f"{k} {v['std_across_texts']}" for k, v in stats.items())]
