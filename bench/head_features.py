@@ -1,13 +1,14 @@
 """What the classification head sees: linear probes, plain and DP-SGD, on the frozen embedded model.
 
-FedSilo's classifier is transformers' BertForSequenceClassification: its head reads BERT's pooler
-output (the [CLS] state through a dense + tanh layer). all-MiniLM-L6-v2 was trained as a
-sentence encoder with *mean pooling* over tokens, so the pooler is not what it was made for. This
-benchmark measures how much that matters, without any fine-tuning of the encoder:
+FedSilo's classifier used to be transformers' BertForSequenceClassification, whose head reads
+BERT's pooler output (the [CLS] state through a dense + tanh layer). all-MiniLM-L6-v2 was trained
+as a sentence encoder with *mean pooling* over tokens, so the pooler is not what it was made for.
+This benchmark measured how much that matters, without any fine-tuning of the encoder, and is why
+FedSilo's head now reads the mean (common/model.py, SentenceClassifier):
 
   * the frozen embedded model encodes SST-2 texts once (FedSilo's tokenizer, batching, max length);
-  * two feature sets: the pooler output the head reads today, and the attention-masked mean of the
-    last hidden states;
+  * two feature sets: the pooler output (the old head's input), and the attention-masked mean of
+    the last hidden states (the current head's input);
   * a linear head (384 -> 2) is trained on each, with n = 900 records (one site's share in the
     utility benchmark's IID split) and n = 3,600 (the four sites' union), for 5 epochs of
     expected batch 64 with Adam at 1e-2, without DP and with DP-SGD at epsilon 8, 3, 1
@@ -86,14 +87,15 @@ def main() -> int:
     args = bench_args(__doc__.splitlines()[0]).parse_args()
     prof = PROFILES[args.profile]
     header = bench_header("head_features", args.profile, prof["seeds"])
-    from common.config import RunConfig
-    from common.model import build_model, load_tokenizer
+    from transformers import AutoModel
+
+    from common.model import load_tokenizer, quiet_transformers, resolve_model
 
     texts, labels = read_tsv(DATA / "sst2/train.tsv")
     test_texts, test_labels = read_tsv(DATA / "sst2/dev.tsv")
     label_set = tuple(sorted(set(labels)))
-    cfg = RunConfig.from_dict({"labels": ",".join(label_set), "trainable": "full"})
-    tokenizer, encoder = load_tokenizer(cfg.model), build_model(cfg).eval().base_model
+    quiet_transformers()
+    tokenizer, encoder = load_tokenizer(""), AutoModel.from_pretrained(resolve_model("")).eval()  # with its pooler
     started = time.monotonic()
     test = features(encoder, tokenizer, test_texts)
     y_test = torch.tensor([label_set.index(x) for x in test_labels])

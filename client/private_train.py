@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.batching import Encoded, collate
+from common.model import optimizer_groups
 
 MICRO_BATCH = 32  # sequences per forward/backward inside one Poisson batch
 
@@ -51,12 +52,14 @@ def _micro_batches(data: Encoded, idx: np.ndarray, size: int | None = None):
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def make_private(model, lr: float, plan: DPStepPlan, expected_batch: int, ghost: bool):
-    """Opacus's per-example gradient module and DP optimizer around the model's trainable weights."""
+def make_private(model, lr: float, plan: DPStepPlan, expected_batch: int, ghost: bool,
+                 head_lr: float | None = None):
+    """Opacus's per-example gradient module and DP optimizer around the model's trainable weights
+    (the classification head at `head_lr`, default `lr`)."""
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    base = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = optimizer_groups(model, lr, lr if head_lr is None else head_lr)
+    base = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
     optimizer = optimizer_cls(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
                               expected_batch_size=expected_batch, loss_reduction="mean")
@@ -73,13 +76,13 @@ def backward_private(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: 
 
 
 def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int, seed: int,
-             ghost: bool = False, desc: str = "dp-train") -> dict[str, float]:
+             ghost: bool = False, desc: str = "dp-train", head_lr: float | None = None) -> dict[str, float]:
     """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log)."""
     model.train()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     expected = max(1, int(round(plan.sample_rate * len(data))))
-    module, optimizer = make_private(model, lr, plan, expected, ghost)
+    module, optimizer = make_private(model, lr, plan, expected, ghost, head_lr)
     losses: list[float] = []
     bar = tqdm(_poisson_batches(len(data), plan.sample_rate, plan.steps, rng), total=plan.steps,
                desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)

@@ -130,7 +130,7 @@ class SiteRound:
         plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
                           max_grad_norm=privacy.max_grad_norm)
         stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id, seed,
-                         ghost=self.cfg.trainable == "full", desc=desc)
+                         ghost=self.cfg.trainable == "full", desc=desc, head_lr=self.cfg.head_lr_for(dp=True))
         # Only privacy bookkeeping travels: the training loss is not DP-protected, so it stays here.
         return stats, {"dp": True, "epsilon": epsilon, "delta": delta, "budget": privacy.privacy_budget,
                        "accountant": privacy.accountant, "noise_multiplier": sigma, "sample_rate": q,

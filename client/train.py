@@ -9,14 +9,15 @@ from tqdm import tqdm
 
 from common.batching import Encoded, collate, length_sorted_batches, shuffled_batches
 from common.config import RunConfig
+from common.model import optimizer_groups
 
 
 def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
                 desc: str = "train") -> dict[str, float]:
     """Plain (non-private) local training with AdamW, only when the site turned DP off."""
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr_for(dp=False), weight_decay=0.0)
+    groups = optimizer_groups(model, cfg.lr_for(dp=False), cfg.head_lr_for(dp=False))
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr_for(dp=False), weight_decay=0.0)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
     for epoch in range(cfg.local_epochs):

@@ -159,7 +159,7 @@ def main() -> None:
     from client.site_round import serve_reply
     # transformers imports its model classes on first use: pay that here, once, before the site
     # says it is ready, rather than inside the first message.
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+    from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # task children are reaped by the kernel
     with Listener(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"])) as listener:

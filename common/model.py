@@ -1,8 +1,8 @@
 """The BERT classifier: load the base model, choose what trains, move trainable weights.
 
 The server and every site build the same model from the same base weights, so only the
-trainable tensors (LoRA adapters + classification head, or every weight in 'full' mode)
-ever travel, always in the order of `model.named_parameters()`.
+trainable tensors (LoRA adapters + classification head, the head alone, or every weight in
+'full' mode) ever travel, always in the order of `model.named_parameters()`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from common.config import RunConfig
 from common.errors import FedSiloError
@@ -77,41 +78,98 @@ def _load_error(name: str, err: Exception) -> FedSiloError:
                         f"Hugging Face cache (downloads need HF_HUB_OFFLINE=0) [{first[:120]}]")
 
 
-def build_model(cfg: RunConfig, seed: int | None = None) -> torch.nn.Module:
-    """Base model + new classification head (+ LoRA), with a seeded initialisation."""
-    from transformers import AutoModelForSequenceClassification
+class SentenceClassifier(torch.nn.Module):
+    """A linear classifier on the attention-masked mean of the encoder's last hidden states.
 
+    Why not transformers' `BertForSequenceClassification`: its head reads BERT's pooler output
+    ([CLS] -> dense -> tanh). all-MiniLM-L6-v2 is a sentence encoder trained with mean pooling;
+    its pooler output hardly varies between texts, and under DP-SGD a head on it learned nothing
+    on small sites (bench/head_features.py: SST-2, 900 records, epsilon 8: 0.518 on the pooler,
+    0.757 on the mean). Padding is masked out, so a batch padded to its own longest text gives
+    the same logits as one padded to max-length.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, num_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        config = encoder.config
+        drop = getattr(config, "classifier_dropout", None)
+        self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
+        self.classifier = torch.nn.Linear(config.hidden_size, num_labels)
+        # BERT's own head initialisation, so a seeded model starts where transformers' would.
+        torch.nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        torch.nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def config(self):  # the encoder's config carries num_labels / id2label (saved with the model)
+        return self.encoder.config
+
+    def forward(self, input_ids, attention_mask, labels=None, **inputs):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _load_encoder(path: str, name: str, labels: tuple[str, ...] | None = None):
+    """The base model without a head; `labels` (if given) are written into its config."""
+    from transformers import AutoModel
+
+    named = {}
+    if labels is not None:
+        id2label = dict(enumerate(labels))
+        named = {"num_labels": len(labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    try:
+        encoder = AutoModel.from_pretrained(path, **named)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, err) from None
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # unused by the mean-pooled head; a trainable unused weight would break DP-SGD
+    return encoder
+
+
+def build_model(cfg: RunConfig, seed: int | None = None) -> SentenceClassifier:
+    """Base encoder + new classification head, with what trains chosen by cfg.trainable:
+    'lora' (adapters + head), 'head' (the head alone, encoder frozen) or 'full'; seeded."""
     quiet_transformers()
     path = resolve_model(cfg.model)
-    torch.manual_seed(cfg.seed if seed is None else seed)
-    id2label = dict(enumerate(cfg.labels))
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(cfg.labels), id2label=id2label,
-            label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as err:
-        raise _load_error(cfg.model or path, err) from None
+    encoder = _load_encoder(path, cfg.model or path, tuple(cfg.labels))
     if cfg.trainable == "lora":
-        model = _add_lora(model, cfg)
+        encoder = _add_lora(encoder, cfg)
+    elif cfg.trainable == "head":
+        encoder.requires_grad_(False)
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    model = SentenceClassifier(encoder, len(cfg.labels))
     model.train()  # from_pretrained leaves eval mode; dropout matters in training
     return model
 
 
-def _add_lora(model, cfg: RunConfig):
-    from peft import LoraConfig, TaskType, get_peft_model
+def _add_lora(encoder, cfg: RunConfig):
+    from peft import LoraConfig, get_peft_model
 
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    present = {name.rsplit(".", 1)[-1] for name, _ in encoder.named_modules()}
     missing = [t for t in cfg.lora_targets if t not in present]
     if missing:
         raise FedSiloError(f"lora-targets: no module named {', '.join(missing)} in this model")
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-                      lora_dropout=0.0, target_modules=list(cfg.lora_targets))
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                      target_modules=list(cfg.lora_targets))
     logging.getLogger("peft").setLevel(logging.ERROR)
-    return get_peft_model(model, lora)  # SEQ_CLS also trains (and saves) the classifier head
+    return get_peft_model(encoder, lora)  # freezes the encoder's own weights; adds seeded adapters
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def optimizer_groups(model: SentenceClassifier, lr: float, head_lr: float) -> list[dict]:
+    """Trainable weights as optimizer parameter groups: the head at its own learning rate."""
+    head = {id(p) for p in model.classifier.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
+              {"params": [p for p in trainable if id(p) in head], "lr": head_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def get_weights(model: torch.nn.Module) -> list[np.ndarray]:
@@ -151,14 +209,22 @@ def file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def save_pretrained_atomic(model: torch.nn.Module, tokenizer, target: Path) -> Path:
-    """Write a model `transformers` can load with from_pretrained; the folder appears whole or not at all."""
+HEAD_FILE = "classifier.safetensors"
+
+
+def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -> Path:
+    """Write the final model: the encoder (LoRA merged) as transformers saves it, its tokenizer,
+    and the head in classifier.safetensors. The folder appears whole or not at all."""
+    from safetensors.torch import save_file
+
     target = Path(target)
-    plain = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    encoder = model.encoder.merge_and_unload() if hasattr(model.encoder, "merge_and_unload") else model.encoder
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        plain.save_pretrained(tmp)
+        encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
+        save_file(head, tmp / HEAD_FILE, metadata={"pooling": "attention-masked mean of last_hidden_state"})
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -171,6 +237,35 @@ def save_pretrained_atomic(model: torch.nn.Module, tokenizer, target: Path) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def load_classifier(model_dir: Path) -> SentenceClassifier:
+    """The model save_classifier_atomic wrote, in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    quiet_transformers()
+    model_dir = Path(model_dir)
+    try:
+        head = load_file(model_dir / HEAD_FILE)
+    except (OSError, SafetensorError) as err:
+        raise FedSiloError(f"{model_dir}: no readable {HEAD_FILE} ({str(err).splitlines()[0][:120]})") from None
+    encoder = _load_encoder(str(model_dir), str(model_dir))
+    labels = encoder.config.id2label
+    model = SentenceClassifier(encoder, len(labels))
+    try:
+        model.classifier.load_state_dict(head)
+    except RuntimeError as err:
+        raise FedSiloError(f"{model_dir}/{HEAD_FILE} does not fit the encoder ({str(err).splitlines()[0][:120]})") from None
+    return model.eval()
+
+
+def final_model_digest(model_dir: Path) -> str:
+    """One fingerprint of the final model's weights: encoder and head files, in that order."""
+    h = hashlib.sha256()
+    for name in ("model.safetensors", HEAD_FILE):
+        h.update(file_digest(Path(model_dir) / name).encode())
+    return "sha256:" + h.hexdigest()
 
 
 def save_tiny_bert(out: Path) -> Path:

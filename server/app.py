@@ -28,11 +28,12 @@ from common.model import (
     EMBEDDED_MODEL,
     build_model,
     file_digest,
+    final_model_digest,
     get_weights,
     weights_digest,
     load_tokenizer,
     resolve_model,
-    save_pretrained_atomic,
+    save_classifier_atomic,
     set_weights,
 )
 from common.privacy import guarantee_sentence
@@ -173,9 +174,9 @@ def run(grid: Grid, context: Context) -> None:
     run_dir.append_report_section("Privacy (what each site reported of itself)", list(summary["privacy"].values()))
     if strategy.completed_rounds:
         set_weights(model, strategy.global_weights)
-        save_pretrained_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)
+        save_classifier_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)
         summary["final_model"] = str(run_dir.final_model)
-        summary["final_model_digest"] = file_digest(run_dir.final_model / "model.safetensors")
+        summary["final_model_digest"] = final_model_digest(run_dir.final_model)
     audit.append("final_model", {"status": summary["status"], "digest": summary.get("final_model_digest"),
                                  "rounds_completed": strategy.completed_rounds})
     summary["audit_log"] = str(audit.path)

@@ -51,7 +51,7 @@ COMMANDS = ("init", "enroll", "run", "resume")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
-             "learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
+             "learning-rate", "head-learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold",
              "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "max-update-norm")
 

@@ -42,7 +42,8 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
     sections: list[tuple[str, object]] = [
         ("Task", f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
         ("Base model", f"{cfg.model or EMBEDDED_MODEL}; trainable set: {cfg.trainable}"
-                       + (f" (LoRA r={cfg.lora_r} on {', '.join(cfg.lora_targets)} + head)" if cfg.trainable == "lora" else "")),
+                       + (f" (LoRA r={cfg.lora_r} on {', '.join(cfg.lora_targets)} + head)" if cfg.trainable == "lora" else "")
+                       + "; the head is linear, on the mean of the last hidden states"),
         ("Training", f"{len(summary.get('rounds_completed', []))} of {summary.get('rounds_planned')} federated "
                      f"rounds completed (run {summary.get('run_id')}); failed rounds: "
                      f"{summary.get('rounds_failed') or 'none'}."),

@@ -28,20 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_final_model(run_dir: Path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from common.model import quiet_transformers
+    from common.model import HEAD_FILE, load_classifier, quiet_transformers
 
     quiet_transformers()
     model_dir = run_dir / "final-model"
-    if not (model_dir / "config.json").is_file():
-        raise FedSiloError(f"{run_dir}: no final model (final-model/ is missing; did the run finish?)")
+    if not (model_dir / "config.json").is_file() or not (model_dir / HEAD_FILE).is_file():
+        raise FedSiloError(f"{run_dir}: no final model (final-model/ is missing or incomplete; did the run finish?)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
-        raise FedSiloError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0][:160]})") from None
-    return tokenizer, model.eval()
+        raise FedSiloError(f"{model_dir}: cannot load the tokenizer ({str(err).splitlines()[0][:160]})") from None
+    return tokenizer, load_classifier(model_dir)
 
 
 def predict(tokenizer, model, texts: list[str], max_length: int) -> list[dict]:

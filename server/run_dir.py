@@ -5,7 +5,7 @@
     metrics.jsonl          one JSON line per round (accuracy, macro-F1, per-site figures)
     rounds/round-NNNN.npz  global trainable weights after round N
     reports/round-NNNN.json / report.txt   per-class reports, whole federation and per site
-    final-model/           the final global model, loadable with from_pretrained
+    final-model/           the final global model (common.model.load_classifier loads it)
     state.json             checkpoint after every round: rounds done, strategy state (resume)
     summary.json           how the run ended
 """

@@ -17,7 +17,9 @@ def test_defaults_and_lists():
     cfg = RunConfig.from_dict({"labels": " neg, pos ,", "lora-targets": "query,key,value"})
     assert cfg.labels == ("neg", "pos")
     assert cfg.lora_targets == ("query", "key", "value")
-    assert cfg.lr_for(dp=False) == 2e-3 and cfg.lr_for(dp=True) == 1e-2
+    assert cfg.lr_for(dp=False) == 2e-3 and cfg.lr_for(dp=True) == 3e-3
+    assert cfg.head_lr_for(dp=False) == 2e-3 and cfg.head_lr_for(dp=True) == 3e-2
+    assert RunConfig.from_dict({"head-learning-rate": 0.1}).head_lr_for(dp=True) == 0.1
     assert RunConfig.from_dict({"trainable": "full"}).lr_for(dp=False) == 5e-5
     assert RunConfig.from_dict({"learning-rate": 0.03}).lr_for(dp=True) == 0.03
 

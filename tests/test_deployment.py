@@ -33,7 +33,7 @@ def run_federation(tmp_path, server_args, sites: dict[str, list]):
 
 
 def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+    from common.model import load_classifier
 
     code, out, run_dir = run_federation(
         tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--trainable", "full",
@@ -46,7 +46,7 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
     assert rounds[-1]["accuracy"] > 0.6, rounds
     assert (run_dir / "report.txt").read_text().startswith("Classification report after round 2")
     assert (run_dir / "superlink.db").is_file()  # SuperLink state persisted in the run dir
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "final-model")
+    model = load_classifier(run_dir / "final-model")
     assert model.config.id2label[1] == "card"
     # Each site saw its own data only; the server's log names the sites and never their text.
     assert "declined at the shop" not in out

@@ -6,7 +6,19 @@ from sklearn.metrics import classification_report
 from common.batching import collate, encode, length_sorted_batches
 from common.config import RunConfig
 from common.errors import FedSiloError
-from common.model import build_model, check_model, get_weights, load_tokenizer, save_pretrained_atomic, set_weights
+from common.model import (
+    HEAD_FILE,
+    build_model,
+    check_model,
+    final_model_digest,
+    get_weights,
+    load_classifier,
+    load_tokenizer,
+    optimizer_groups,
+    save_classifier_atomic,
+    set_weights,
+    trainable_names,
+)
 from server.report import report_dict, report_text
 
 
@@ -61,19 +73,55 @@ def test_length_sorted_batches_group_similar_lengths(tiny_model):
     assert lengths == sorted(lengths) and sorted(sum(map(list, batches), [])) == list(range(6))
 
 
-def test_final_model_loads_with_from_pretrained_and_predicts_the_same(tiny_model, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
+def test_final_model_loads_and_predicts_the_same(tiny_model, tmp_path):
     cfg = cfg_for(tiny_model)
     model, tok = build_model(cfg), load_tokenizer(cfg.model)
     set_weights(model, [w + 0.05 for w in get_weights(model)])  # non-zero LoRA B: merge matters
-    batch = collate(encode(tok, ["hello there"], 32), [0], tok.pad_token_id)
+    batch = collate(encode(tok, ["hello there", "a longer text than the first"], 32), [0, 1], tok.pad_token_id)
     before = model.eval()(**batch).logits
-    target = save_pretrained_atomic(model, tok, tmp_path / "final-model")
-    loaded = AutoModelForSequenceClassification.from_pretrained(target).eval()
+    target = save_classifier_atomic(model, tok, tmp_path / "final-model")
+    loaded = load_classifier(target)
     torch.testing.assert_close(loaded(**batch).logits, before, atol=1e-4, rtol=1e-4)
     assert loaded.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    digest = final_model_digest(target)  # covers the head too: changing it changes the digest
+    loaded.classifier.bias.data += 1.0
+    save_classifier_atomic(loaded, tok, target)
+    assert final_model_digest(target) != digest
+
+
+def test_final_model_with_a_broken_head_file_is_one_clear_error(tiny_model, tmp_path):
+    cfg = cfg_for(tiny_model)
+    target = save_classifier_atomic(build_model(cfg), load_tokenizer(cfg.model), tmp_path / "final-model")
+    (target / HEAD_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(FedSiloError, match="no readable classifier.safetensors"):
+        load_classifier(target)
+
+
+def test_head_reads_the_masked_mean_of_the_last_hidden_states(tiny_model):
+    model = build_model(cfg_for(tiny_model, trainable="full")).eval()
+    tok = load_tokenizer(str(tiny_model))
+    enc = encode(tok, ["short", "a much longer text, so the first one is padded"], 64)
+    batch = collate(enc, [0, 1], tok.pad_token_id)
+    batch.pop("labels", None)
+    hidden = model.encoder(**batch).last_hidden_state
+    real = len(enc.ids[0])
+    expected = model.classifier(hidden[0, :real].mean(dim=0))
+    torch.testing.assert_close(model(**batch).logits[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_head_gets_its_own_learning_rate(tiny_model):
+    model = build_model(cfg_for(tiny_model))
+    adapters, head = optimizer_groups(model, 1e-3, 3e-2)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.classifier.parameters()}
+    assert head["lr"] == 3e-2 and adapters["lr"] == 1e-3
+    assert len(adapters["params"]) + len(head["params"]) == len(trainable_names(model))
+
+
+def test_head_mode_trains_only_the_classifier(tiny_model):
+    model = build_model(cfg_for(tiny_model, trainable="head"))
+    assert trainable_names(model) == ["classifier.weight", "classifier.bias"]
+    assert sum(w.size for w in get_weights(model)) == 3 * 32 + 3  # hidden 32, 3 labels
 
 
 def test_unknown_model_is_one_clear_error_offline():
