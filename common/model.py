@@ -135,12 +135,14 @@ def build_model(cfg: RunConfig, seed: int | None = None) -> SentenceClassifier:
     'lora' (adapters + head), 'head' (the head alone, encoder frozen) or 'full'; seeded."""
     quiet_transformers()
     path = resolve_model(cfg.model)
+    # Seeded before anything random is drawn (LoRA's A matrices, then the head), so every
+    # process that builds the model gets the same initial weights whatever it ran before.
+    torch.manual_seed(cfg.seed if seed is None else seed)
     encoder = _load_encoder(path, cfg.model or path, tuple(cfg.labels))
     if cfg.trainable == "lora":
         encoder = _add_lora(encoder, cfg)
     elif cfg.trainable == "head":
         encoder.requires_grad_(False)
-    torch.manual_seed(cfg.seed if seed is None else seed)
     model = SentenceClassifier(encoder, len(cfg.labels))
     model.train()  # from_pretrained leaves eval mode; dropout matters in training
     return model
