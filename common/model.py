@@ -96,7 +96,7 @@ class SentenceClassifier(torch.nn.Module):
         drop = getattr(config, "classifier_dropout", None)
         self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
         self.classifier = torch.nn.Linear(config.hidden_size, num_labels)
-        # BERT's own head initialisation, so a seeded model starts where transformers' would.
+        # BERT's head initialisation: small normal weights, zero bias.
         torch.nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         torch.nn.init.zeros_(self.classifier.bias)
 
