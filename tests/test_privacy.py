@@ -208,7 +208,7 @@ def private_gradient(model, data, pad_id, max_grad_norm, ghost, micro=None):
     return grad
 
 
-@pytest.mark.parametrize("trainable, ghost", [("lora", False), ("full", True)])
+@pytest.mark.parametrize("trainable, ghost", [("lora", False), ("head", False), ("full", True)])
 def test_per_example_clipping_holds_in_every_training_mode(batch_setup, trainable, ghost):
     model, data, pad_id = batch_setup(trainable)
     raw = per_example_grads(model, data, pad_id)
@@ -219,6 +219,14 @@ def test_per_example_clipping_holds_in_every_training_mode(batch_setup, trainabl
     for i in range(len(data)):  # one record alone moves the model by at most the bound
         alone = private_gradient(model, encode_subset(data, [i]), pad_id, bound, ghost)
         assert float(alone.norm()) <= bound * (1 + 1e-4)
+
+
+def test_dp_training_in_head_mode_moves_the_head_and_nothing_else(batch_setup):
+    model, data, pad_id = batch_setup("head")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    private_train.train_dp(model, data, 3e-2, DPStepPlan(1.0, 0.5, 4, 1.0), pad_id, seed=0)
+    moved = sorted(name for name, p in model.named_parameters() if not torch.equal(p, before[name]))
+    assert moved == ["classifier.bias", "classifier.weight"]
 
 
 def encode_subset(data, idx):
