@@ -14,10 +14,10 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from common.config import RunConfig
 from common.errors import FedSiloError
@@ -78,6 +78,11 @@ def _load_error(name: str, err: Exception) -> FedSiloError:
                         f"Hugging Face cache (downloads need HF_HUB_OFFLINE=0) [{first[:120]}]")
 
 
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
 class SentenceClassifier(torch.nn.Module):
     """A linear classifier on the attention-masked mean of the encoder's last hidden states.
 
@@ -110,7 +115,7 @@ class SentenceClassifier(torch.nn.Module):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return ClassifierOutput(logits=logits, loss=loss)
 
 
 def _load_encoder(path: str, name: str, labels: tuple[str, ...] | None = None):
