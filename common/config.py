@@ -123,7 +123,6 @@ OPTIONS_BY_KEY = {opt.key: opt for opt in RUN_OPTIONS}
 # adapters 3e-3 with the head at 3e-2 0.775, the head alone at 3e-2 0.778.
 DEFAULT_LR = {("lora", False): 2e-3, ("lora", True): 3e-3, ("head", False): 1e-2, ("head", True): 3e-2,
               ("full", False): 5e-5, ("full", True): 5e-4}
-DEFAULT_HEAD_LR_DP = 3e-2
 
 
 def _attr(key: str) -> str:
@@ -173,7 +172,8 @@ class RunConfig:
         return self.learning_rate or DEFAULT_LR[(self.trainable, dp)]
 
     def head_lr_for(self, dp: bool) -> float:
-        return self.head_learning_rate or (DEFAULT_HEAD_LR_DP if dp else self.lr_for(dp))
+        # Under DP the head learns at the rate of the head-only mode, whatever else trains.
+        return self.head_learning_rate or (DEFAULT_LR[("head", True)] if dp else self.lr_for(dp))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
