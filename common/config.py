@@ -69,6 +69,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("secagg-threshold", int, 2, "SecAgg+: sites whose key shares must survive for a round "
            "to be unmasked; fewer left means the round fails. That many sites together could also unmask "
            "single updates: higher resists more collusion, tolerates fewer dropouts.", minimum=2, maximum=100_000),
+    Option("secagg-neighbours", int, 21, "SecAgg+: how many sites (itself included; odd) each site "
+           "shares key material with, on a ring shuffled every round; 0 = every sampled site (so is any "
+           "number at or above the sites in the round). Bounded, a round's key agreement grows linearly "
+           "instead of quadratically with the sites; a round whose surviving sites no longer form one "
+           "connected neighbourhood graph is refused.",
+           minimum=0, maximum=1023),
     Option("round-timeout", float, 600.0, "Seconds to wait for enough sites to connect before a "
            "round, and (SecAgg+) for the sites at each stage of a round.", minimum=1.0, maximum=86_400.0),
     Option("aggregation", str, "fedavg", "How the server combines updates: 'fedavg' (weighted mean; "
@@ -150,6 +156,7 @@ class RunConfig:
     label_column: str = "label"
     secure_aggregation: bool = True
     secagg_threshold: int = 2
+    secagg_neighbours: int = 21
     round_timeout: float = 600.0
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
@@ -193,6 +200,11 @@ class RunConfig:
         if values["secure_aggregation"] and values["min_sites"] < values["secagg_threshold"]:
             raise FedSiloError(f"secure aggregation needs min-sites >= secagg-threshold "
                                f"({values['secagg_threshold']}); got min-sites {values['min_sites']}")
+        neighbours = values["secagg_neighbours"]
+        if neighbours and (neighbours % 2 == 0 or neighbours <= values["secagg_threshold"]):
+            raise FedSiloError(f"secagg-neighbours {neighbours}: give 0 (every site) or an odd number above "
+                               f"secagg-threshold ({values['secagg_threshold']}): the site and as many "
+                               "neighbours on each side of it")
         if values["secure_aggregation"] and values["aggregation"] != "fedavg":
             raise FedSiloError(f"aggregation {values['aggregation']}: robust rules need the single updates, "
                                "which secure aggregation hides; add --no-secure-aggregation")

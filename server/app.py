@@ -17,7 +17,6 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.common.logger import log
 from flwr.server import Grid, LegacyContext, ServerConfig
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 
 from common.config import RunConfig
@@ -39,20 +38,11 @@ from common.model import (
 from common.privacy import guarantee_sentence
 from server.model_card import write_model_card
 from server.run_dir import RunDir
+from server.secure_aggregation import workflow
 from server.strategy import FedSiloStrategy
 
 app = ServerApp()
 __version__ = version("fedsilo")
-
-# SecAgg+ clips each value of an update to +-SECAGG_CLIP and quantises it to 2**22 levels after
-# weighting it by num_examples / SECAGG_MAX_WEIGHT. Sites send deltas (LoRA deltas after a round
-# of DP-SGD stay well inside +-1); the aggregate then matches plain FedAvg to about 1e-4
-# (measured in tests/test_secure_aggregation.py). Sites with more than SECAGG_MAX_WEIGHT training
-# records are weighted as if they had SECAGG_MAX_WEIGHT.
-SECAGG_CLIP = 1.0
-SECAGG_QUANTIZATION = 2**22
-SECAGG_MAX_WEIGHT = 100_000.0
-
 
 class BoundedGrid:
     """Flower's Grid, except that waiting for the sites' replies ends after round-timeout, and
@@ -83,14 +73,6 @@ class BoundedGrid:
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
-
-
-def workflow(cfg: RunConfig) -> DefaultWorkflow:
-    if not cfg.secure_aggregation:
-        return DefaultWorkflow()
-    return DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-        num_shares=1.0, reconstruction_threshold=cfg.secagg_threshold, clipping_range=SECAGG_CLIP,
-        quantization_range=SECAGG_QUANTIZATION, max_weight=SECAGG_MAX_WEIGHT, timeout=cfg.round_timeout))
 
 
 @app.main()

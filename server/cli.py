@@ -52,7 +52,7 @@ COMMANDS = ("init", "enroll", "run", "resume")
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
              "learning-rate", "head-learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
-             "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold",
+             "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",
              "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "max-update-norm")
 
 

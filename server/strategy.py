@@ -113,6 +113,12 @@ class FedSiloStrategy(FedAvg):
     def configure_evaluate(self, server_round, parameters, client_manager):
         return super().configure_evaluate(server_round + self.offset, parameters, client_manager)
 
+    def refuse_round(self, reason: str) -> None:
+        """Secure aggregation refused to unmask this round (server/secure_aggregation.py)."""
+        rnd = self._fit_started[-1]
+        self.failed_rounds[rnd] = f"{reason}; the global model is unchanged"
+        log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])
+
     def close_rounds(self) -> None:
         """A round that started but never reached aggregate_fit failed: Flower's SecAgg+ halts
         silently (and exits 0) when too few sites remain to unmask the sum."""

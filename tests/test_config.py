@@ -40,6 +40,9 @@ def test_round_trip_through_flat_dict():
     ({"colour": "red"}, "unknown run option(s): colour"),
     ({"labels": "a,b,a"}, "duplicates"),
     ({"lora-targets": " , "}, "lora-targets"),
+    ({"secagg-neighbours": 20}, "an odd number above secagg-threshold"),
+    ({"secagg-neighbours": 3, "secagg-threshold": 3, "min-sites": 3}, "an odd number above secagg-threshold"),
+    ({"secagg-neighbours": 1025}, "secagg-neighbours: must be <= 1023"),
 ])
 def test_invalid_values_are_named(raw, fragment):
     with pytest.raises(FedSiloError, match=None) as err:

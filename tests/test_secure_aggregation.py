@@ -1,25 +1,77 @@
 """SecAgg+ changes what the server sees, not what it computes: the securely aggregated round
-equals plain FedAvg of the same deltas up to SecAgg+'s quantisation (stated in the README)."""
+equals plain FedAvg of the same deltas up to SecAgg+'s quantisation (stated in the README), with
+every site sharing keys with every other and with small neighbourhoods; and the server refuses to
+unmask when dropouts split the surviving sites' neighbourhood graph."""
+
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
+from common.audit import AuditLog, generate_key
+from common.config import RunConfig
+from common.demo_data import write_demo
+from server.run_dir import RunDir
+from server.secure_aggregation import GuardedSecAggPlus, connected
+from server.strategy import FedSiloStrategy
 from tests.helpers import run_cli
 
 TOLERANCE = 1e-3  # absolute, per weight; the measured error is about 2e-4 (SECAGG_CLIP=1, 2**22 levels)
 
 
-def test_secure_aggregate_equals_plain_fedavg(tiny_model, demo_dir, tmp_path):
+def aggregated_delta(run_dir):
+    before, after = np.load(run_dir / "rounds" / "round-0000.npz"), np.load(run_dir / "rounds" / "round-0001.npz")
+    return [after[k] - before[k] for k in before.files]
+
+
+@pytest.mark.parametrize("sites, neighbours", [(3, 21), (7, 3)], ids=["default-covers-every-site", "ring-of-3"])
+def test_secure_aggregate_equals_plain_fedavg(tiny_model, tmp_path, sites, neighbours):
+    data = tmp_path / "data"
+    write_demo(data, sites=1, per_site=600, seed=11)  # all.tsv: 600 rows, partitioned over the sites
     rounds = {}
     for mode in ("--secure-aggregation", "--no-secure-aggregation"):
         run_dir = tmp_path / mode.strip("-")
-        proc = run_cli("fl-sim", "--sites", 3, "--data", demo_dir / "all.tsv", "--model", tiny_model, "--rounds", 1,
-                       "--no-dp", "--batch-size", 16, "--learning-rate", 5e-3, "--run-dir", run_dir, mode)
+        proc = run_cli("fl-sim", "--sites", sites, "--data", data / "all.tsv", "--model", tiny_model, "--rounds", 1,
+                       "--no-dp", "--batch-size", 16, "--learning-rate", 5e-3, "--secagg-neighbours", neighbours,
+                       "--run-dir", run_dir, mode)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        before, after = np.load(run_dir / "rounds" / "round-0000.npz"), np.load(run_dir / "rounds" / "round-0001.npz")
-        rounds[mode] = [after[k] - before[k] for k in before.files]  # the aggregated delta
+        rounds[mode] = aggregated_delta(run_dir)
     secure, plain = rounds["--secure-aggregation"], rounds["--no-secure-aggregation"]
     error = max(float(np.abs(s - p).max()) for s, p in zip(secure, plain))
     largest = max(float(np.abs(p).max()) for p in plain)
-    print(f"SecAgg+ vs plain FedAvg: max abs error {error:.2e}, largest delta {largest:.2e}")
+    print(f"{sites} sites, neighbourhood {neighbours}: SecAgg+ vs plain FedAvg: max abs error "
+          f"{error:.2e}, largest delta {largest:.2e}")
     assert largest > 10 * TOLERANCE  # the sites really moved the model
     assert error <= TOLERANCE
+
+
+def ring(n: int, half: int) -> dict[int, set[int]]:
+    """Flower's SecAgg+ neighbourhoods: each node and `half` nodes on each side of it."""
+    return {i: {(i + d) % n for d in range(-half, half + 1)} for i in range(n)}
+
+
+def test_connected_survivors_on_a_ring():
+    graph = ring(8, 1)  # neighbourhoods of 3
+    assert connected(set(range(8)), graph)
+    assert connected({0, 1, 2, 3}, graph)
+    assert not connected({0, 1, 4, 5}, graph)  # 2-3 and 6-7 dropped: two pieces
+    assert connected({0, 2, 4, 6}, ring(8, 2))  # neighbourhoods of 5 bridge single gaps
+    assert connected(set(range(5)), {i: set(range(5)) for i in range(5)})  # every site with every other
+
+
+def test_unmask_refused_when_the_survivors_split(tmp_path):
+    cfg = RunConfig.from_dict({"labels": "a,b", "secagg-neighbours": 3})
+    generate_key(tmp_path / "audit.key")
+    strategy = FedSiloStrategy(cfg, RunDir(tmp_path / "run"), [np.zeros(2)],
+                               AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
+    strategy._fit_started.append(1)  # round 1 is under way (configure_fit would record it)
+    state = WorkflowState()
+    state.nid_to_neighbours = ring(8, 1)
+    state.sampled_node_ids = set(range(8))
+    state.active_node_ids = {0, 1, 4, 5}
+    workflow = GuardedSecAggPlus(num_shares=3, reconstruction_threshold=2)
+    # grid=None: a refused round must not send a single message (asking for key shares would unmask)
+    assert workflow.unmask_stage(None, SimpleNamespace(strategy=strategy), state) is False
+    assert "no longer form one connected neighbourhood graph" in strategy.failed_rounds[1]
+    assert "global model is unchanged" in strategy.failed_rounds[1]
