@@ -12,7 +12,8 @@ of the surviving sites' neighbourhood graph. The guards:
 - unmask only when the surviving sites form ONE connected piece (with a sparse neighbourhood,
   dropouts could otherwise split them, and each piece's sum would leak); the round fails instead;
 - refuse more sites than the modulus can sum without wrapping (quantised values of up to 2**22
-  each, summed modulo 2**32: at most 1,024 sites per round).
+  each, summed modulo 2**32: at most 1,024 sites per round; the strategy checks it when it
+  samples the round's sites, before any key is exchanged).
 """
 
 from __future__ import annotations
@@ -61,19 +62,10 @@ def connected(nodes: set[int], neighbours: dict[int, set[int]]) -> bool:
 
 
 class GuardedSecAggPlus(SecAggPlusWorkflow):
-    """SecAggPlusWorkflow that refuses the two unsafe cases in the module docstring.
+    """SecAggPlusWorkflow that refuses to unmask survivors that fell apart.
 
     A refused round tells the strategy why (its refuse_round), which reports it as failed with
     the global model unchanged."""
-
-    def setup_stage(self, grid: Grid, context: LegacyContext, state) -> bool:
-        if not super().setup_stage(grid, context, state):
-            return False
-        sampled = len(state.sampled_node_ids)
-        if sampled > MAX_SITES_PER_ROUND:
-            return refuse(context, f"secure aggregation refused: {sampled} sites in one round, more than the "
-                                   f"{MAX_SITES_PER_ROUND} whose quantised updates sum without overflow")
-        return True
 
     def unmask_stage(self, grid: Grid, context: LegacyContext, state) -> bool:
         # The survivors' masked vectors are all the server holds; asking for key shares when they

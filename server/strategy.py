@@ -36,6 +36,7 @@ from common.model import weights_digest
 from common.updates import update_problem
 from server.report import report_dict
 from server.run_dir import RunDir
+from server.secure_aggregation import MAX_SITES_PER_ROUND
 
 
 PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "redactions")
@@ -107,6 +108,10 @@ class FedSiloStrategy(FedAvg):
             log(WARNING, "round %d failed: %s", server_round, self.failed_rounds[server_round])
             return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
+        if self.cfg.secure_aggregation and len(instructions) > MAX_SITES_PER_ROUND:
+            self.refuse_round(f"secure aggregation refused: {len(instructions)} sites in one round, more than the "
+                              f"{MAX_SITES_PER_ROUND} whose quantised updates sum without overflow")
+            return []
         self._sampled[server_round] = {str(proxy.node_id) for proxy, _ in instructions}
         return instructions
 
@@ -114,7 +119,7 @@ class FedSiloStrategy(FedAvg):
         return super().configure_evaluate(server_round + self.offset, parameters, client_manager)
 
     def refuse_round(self, reason: str) -> None:
-        """Secure aggregation refused to unmask this round (server/secure_aggregation.py)."""
+        """Secure aggregation refused this round (too many sites, or survivors that fell apart)."""
         rnd = self._fit_started[-1]
         self.failed_rounds[rnd] = f"{reason}; the global model is unchanged"
         log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])

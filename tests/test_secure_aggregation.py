@@ -7,13 +7,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from flwr.common import ndarrays_to_parameters
+from flwr.server import SimpleClientManager
+from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
 from common.audit import AuditLog, generate_key
 from common.config import RunConfig
 from common.demo_data import write_demo
 from server.run_dir import RunDir
-from server.secure_aggregation import GuardedSecAggPlus, connected
+from server.secure_aggregation import MAX_SITES_PER_ROUND, GuardedSecAggPlus, connected
 from server.strategy import FedSiloStrategy
 from tests.helpers import run_cli
 
@@ -60,11 +63,15 @@ def test_connected_survivors_on_a_ring():
     assert connected(set(range(5)), {i: set(range(5)) for i in range(5)})  # every site with every other
 
 
-def test_unmask_refused_when_the_survivors_split(tmp_path):
-    cfg = RunConfig.from_dict({"labels": "a,b", "secagg-neighbours": 3})
+def make_strategy(tmp_path, **options) -> FedSiloStrategy:
+    tmp_path.mkdir(exist_ok=True)
     generate_key(tmp_path / "audit.key")
-    strategy = FedSiloStrategy(cfg, RunDir(tmp_path / "run"), [np.zeros(2)],
-                               AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
+    return FedSiloStrategy(RunConfig.from_dict({"labels": "a,b", **options}), RunDir(tmp_path / "run"),
+                           [np.zeros(2)], AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
+
+
+def test_unmask_refused_when_the_survivors_split(tmp_path):
+    strategy = make_strategy(tmp_path, **{"secagg-neighbours": 3})
     strategy._fit_started.append(1)  # round 1 is under way (configure_fit would record it)
     state = WorkflowState()
     state.nid_to_neighbours = ring(8, 1)
@@ -75,3 +82,15 @@ def test_unmask_refused_when_the_survivors_split(tmp_path):
     assert workflow.unmask_stage(None, SimpleNamespace(strategy=strategy), state) is False
     assert "no longer form one connected neighbourhood graph" in strategy.failed_rounds[1]
     assert "global model is unchanged" in strategy.failed_rounds[1]
+
+
+def test_more_sites_than_the_modulus_can_sum_are_refused(tmp_path):
+    # 1,025 connected sites: their quantised updates (up to 2**22 each) could wrap 2**32.
+    manager = SimpleClientManager()
+    for node_id in range(1, MAX_SITES_PER_ROUND + 2):
+        manager.register(GridClientProxy(node_id, grid=None, run_id=1))
+    strategy = make_strategy(tmp_path, **{"min-sites": 2})
+    assert strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(2)]), manager) == []
+    assert "1025 sites in one round, more than the 1024" in strategy.failed_rounds[1]
+    plain = make_strategy(tmp_path / "plain", **{"secure-aggregation": False})
+    assert len(plain.configure_fit(1, ndarrays_to_parameters([np.zeros(2)]), manager)) == 1025
