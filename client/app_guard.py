@@ -65,10 +65,26 @@ def main() -> None:
     run_flower_clientapp(sys.argv[1:])
 
 
+# The SuperNode starts a task while it is still fetching the message's arrays from the
+# SuperLink, and Flower's ClientApp, finding them not there yet, waits 1 s, then 2 s, before
+# asking again: measured, 3.2 s of every message that carries the model (fit and evaluate), for
+# arrays that arrived a fraction of a second later. The pull is from the SuperNode beside it, so
+# asking again sooner costs next to nothing.
+LOCAL_PULL_BACKOFF_S = 0.05
+LOCAL_PULL_BACKOFF_CAP_S = 2.0
+
+
 def run_flower_clientapp(argv: list[str]) -> None:
-    """Flower's own flwr-clientapp, refusing any app bundle this site did not approve."""
+    """Flower's own flwr-clientapp, refusing any app bundle this site did not approve, and
+    retrying its pulls from the local SuperNode sooner (above)."""
+    import functools
+
     import flwr.supernode.runtime.run_clientapp as runtime
     from flwr.supernode.cli import flwr_clientapp
+
+    runtime.pull_and_inflate_object_from_tree = functools.partial(
+        runtime.pull_and_inflate_object_from_tree, initial_backoff=LOCAL_PULL_BACKOFF_S,
+        backoff_cap=LOCAL_PULL_BACKOFF_CAP_S)
 
     approved = {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
     install = runtime.install_from_fab
