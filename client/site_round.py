@@ -30,7 +30,7 @@ from common.config import RunConfig
 from common.errors import FedSiloError
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
 from common.privacy import calibrate_noise, sample_rate, steps_per_round
-from common.updates import update_problem
+from common.updates import pack, unpack, update_problem
 
 
 class RunModel:
@@ -75,7 +75,16 @@ class SiteRound:
         AuditLog(self.site.audit_log, self.site.audit_key, f"site {self.site.name}").append(
             kind, {"run_id": self.run_id, **data})
 
-    def fit(self, parameters: list[np.ndarray], config: dict):
+    def received(self, packed: list[np.ndarray]) -> list[np.ndarray]:
+        """The global weights a message carries, cut into this model's trainable tensors."""
+        shapes = [tuple(p.shape) for p in self.model.parameters() if p.requires_grad]
+        try:
+            return unpack(packed, shapes)
+        except FedSiloError as err:
+            raise FedSiloError(f"site {self.site.name}: the server's model does not fit this run's: {err}") from None
+
+    def fit(self, packed: list[np.ndarray], config: dict):
+        parameters = self.received(packed)
         server_round = int(config.get("server-round", 0))
         try:
             return self._fit(parameters, server_round)
@@ -112,7 +121,7 @@ class SiteRound:
                              "received": weights_digest(parameters),
                              "sent": weights_digest(delta), "redactions": redactions,
                              **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
-        return delta, len(data), {"site": self.site.name, "records": len(self.site.records),
+        return pack(delta), len(data), {"site": self.site.name, "records": len(self.site.records),
                                   "redactions": json.dumps(redactions, sort_keys=True), **report, **seconds}
 
     def _train_private(self, data, server_round: int, seed: int, desc: str):
@@ -136,8 +145,8 @@ class SiteRound:
                        "accountant": privacy.accountant, "noise_multiplier": sigma, "sample_rate": q,
                        "steps": steps}
 
-    def evaluate(self, parameters: list[np.ndarray], config: dict):
-        set_weights(self.model, parameters)
+    def evaluate(self, packed: list[np.ndarray], config: dict):
+        set_weights(self.model, self.received(packed))
         data = self.eval_data
         if len(data) == 0:
             return 0.0, 0, {"site": self.site.name}

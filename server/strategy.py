@@ -32,8 +32,9 @@ from logging import INFO, WARNING
 
 from common.audit import AuditLog
 from common.config import RunConfig
+from common.errors import FedSiloError
 from common.model import weights_digest
-from common.updates import update_problem
+from common.updates import pack, unpack, update_problem
 from server.report import report_dict
 from server.run_dir import RunDir
 from server.secure_aggregation import MAX_SITES_PER_ROUND
@@ -61,7 +62,7 @@ class FedSiloStrategy(FedAvg):
             min_fit_clients=1,
             min_evaluate_clients=1,
             min_available_clients=1,
-            initial_parameters=ndarrays_to_parameters(initial),
+            initial_parameters=ndarrays_to_parameters(pack(initial)),  # packed: common/updates.py
             on_fit_config_fn=lambda rnd: {"server-round": rnd},
             on_evaluate_config_fn=lambda rnd: {"server-round": rnd},
         )
@@ -69,6 +70,7 @@ class FedSiloStrategy(FedAvg):
         self.run_dir = run_dir
         self.audit = audit
         self.global_weights = [w.copy() for w in initial]
+        self.shapes = [w.shape for w in initial]  # what a packed update is cut into
         self.completed_rounds: list[int] = []
         self.failed_rounds: dict[int, str] = {}
         self.site_privacy: dict[str, dict] = {}  # latest privacy report of each site
@@ -144,7 +146,13 @@ class FedSiloStrategy(FedAvg):
             failure_texts.append(f"{silent} site(s) sent no update within round-timeout "
                                  f"({self.cfg.round_timeout:.0f}s)")
         if self.cfg.secure_aggregation:  # the one result is already the sum: no site to judge
-            accepted = [(proxy, res, parameters_to_ndarrays(res.parameters)) for proxy, res in results]
+            try:
+                accepted = [(proxy, res, unpack(parameters_to_ndarrays(res.parameters), self.shapes))
+                            for proxy, res in results]
+            except FedSiloError as err:
+                self.failed_rounds[server_round] = f"aggregate refused: {err}"
+                log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, err)
+                return None, {}
         else:
             accepted, rejected = self._validate(results)
             failure_texts += rejected
@@ -174,7 +182,7 @@ class FedSiloStrategy(FedAvg):
         self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, deltas)]
         self.run_dir.save_round_weights(server_round, self.global_weights)
         self.completed_rounds.append(server_round)
-        return ndarrays_to_parameters(self.global_weights), {}
+        return ndarrays_to_parameters(pack(self.global_weights)), {}
 
     def _validate(self, results):
         """(proxy, result, decoded update) of each update that passes common/updates.py; the
@@ -183,9 +191,11 @@ class FedSiloStrategy(FedAvg):
         for proxy, res in results:
             name = str(res.metrics.get("site", f"node {proxy.node_id}"))
             try:
-                update = parameters_to_ndarrays(res.parameters)
+                update = unpack(parameters_to_ndarrays(res.parameters), self.shapes)
             except (ValueError, TypeError, EOFError, OSError) as err:
                 problem = f"malformed ({type(err).__name__})"
+            except FedSiloError as err:
+                problem = f"malformed: {err}"
             else:
                 problem = update_problem(update, self.global_weights, self.cfg.max_update_norm)
             if problem:

@@ -12,11 +12,12 @@ from common.config import RunConfig
 from common.errors import FedSiloError
 from common.launch import flower_env, free_port, stop
 from common.model import build_model, get_weights
+from common.updates import pack, unpack
 from tests.helpers import BIN, LABELS, site_file
 
 
 def request(op, cfg, data, tmp_path, parameters, server_round=1):
-    return {"op": op, "run_id": "7", "run_config": cfg.to_flat(), "parameters": parameters,
+    return {"op": op, "run_id": "7", "run_config": cfg.to_flat(), "parameters": pack(parameters),
             "config": {"server-round": server_round},
             "node_config": {"site": "A", "data-path": str(data), "dp": False,
                             "ledger": str(tmp_path / "ledger.json"), "audit-log": str(tmp_path / "audit.jsonl"),
@@ -32,8 +33,9 @@ def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir,
     try:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        delta, n, first = worker.call(request("fit", cfg, data, tmp_path, initial))
-        assert [d.shape for d in delta] == [w.shape for w in initial] and n == 160
+        packed, n, first = worker.call(request("fit", cfg, data, tmp_path, initial))
+        delta = unpack(packed, [w.shape for w in initial])
+        assert n == 160
         assert first["time_load"] > 0 and first["time_train"] > 0
         moved = [w + d for w, d in zip(initial, delta)]
         _, _, second = worker.call(request("fit", cfg, data, tmp_path, moved, server_round=2))
@@ -91,8 +93,8 @@ def test_a_site_without_an_eval_split_trains_and_reports_no_evaluation(tiny_mode
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "trainable": "full",
                                "eval-fraction": 0.0})
     initial = get_weights(build_model(cfg))
-    delta, n, _ = serve(request("fit", cfg, data, tmp_path, initial))
-    assert n == 200 and len(delta) == len(initial)
+    packed, n, _ = serve(request("fit", cfg, data, tmp_path, initial))
+    assert n == 200 and len(unpack(packed, [w.shape for w in initial])) == len(initial)
     assert serve(request("evaluate", cfg, data, tmp_path, initial))[1] == 0
 
 
@@ -123,7 +125,7 @@ def test_virtual_sites_in_one_process_share_the_run_model_without_sharing_result
     def sim_request(op, run_dir, pid, parameters):
         cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "sim-data": str(data),
                                    "run-dir": str(run_dir), "batch-size": 32, "sim-target-epsilon": 8.0})
-        return {"op": op, "run_id": "9", "run_config": cfg.to_flat(), "parameters": parameters,
+        return {"op": op, "run_id": "9", "run_config": cfg.to_flat(), "parameters": pack(parameters),
                 "config": {"server-round": 1}, "node_config": {"partition-id": pid, "num-partitions": 3}}
 
     initial = get_weights(build_model(RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS})))

@@ -10,7 +10,7 @@ from flwr.server.compat.grid_client_proxy import GridClientProxy
 from common.audit import AuditLog, generate_key
 from common.config import RunConfig
 from common.errors import FedSiloError
-from common.updates import update_norm, update_problem
+from common.updates import pack, unpack, update_norm, update_problem
 from server.run_dir import RunDir
 from server.strategy import FedSiloStrategy
 
@@ -34,6 +34,18 @@ def test_invalid_updates_are_named(update, max_norm, fragment):
     assert fragment in update_problem(update, REFERENCE, max_norm)
 
 
+def test_pack_and_unpack_round_trip():
+    tensors = honest(3)
+    packed = pack(tensors)
+    assert len(packed) == 1 and packed[0].shape == (15,) and packed[0].dtype == np.float32
+    for got, want in zip(unpack(packed, [w.shape for w in REFERENCE]), tensors):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(FedSiloError, match="14 values instead of 15"):
+        unpack([packed[0][:14]], [w.shape for w in REFERENCE])
+    with pytest.raises(FedSiloError, match="not one packed vector"):
+        unpack(tensors, [w.shape for w in REFERENCE])
+
+
 def test_valid_update_and_norm():
     update = [np.ones((4, 3), np.float32), np.ones(3, np.float32)]
     assert update_problem(update, REFERENCE, max_norm=4.0) is None
@@ -52,7 +64,8 @@ def make_strategy(tmp_path, **options) -> FedSiloStrategy:
 
 
 def fit_result(node: int, update, site: str | None = None, examples: int = 100):
-    params = update if isinstance(update, Parameters) else ndarrays_to_parameters(update)
+    """A site's reply: its update packed as FedSilo sends it (or Parameters as given)."""
+    params = update if isinstance(update, Parameters) else ndarrays_to_parameters(pack(update))
     res = FitRes(Status(Code.OK, "ok"), params, examples, {"site": site or f"s{node}", "dp": False})
     return GridClientProxy(node, None, 1), res
 
@@ -65,17 +78,21 @@ def test_server_rejects_bad_updates_and_names_the_site(tmp_path):
                fit_result(3, [np.full((4, 3), np.nan, np.float32), np.zeros(3, np.float32)], "C"),
                fit_result(4, [100 * w for w in honest(4)], "D"),
                fit_result(5, garbage, "E"),
-               fit_result(6, [np.zeros((5, 3), np.float32), np.zeros(3, np.float32)], "F")]
+               fit_result(6, [np.zeros((5, 3), np.float32), np.zeros(3, np.float32)], "F"),
+               fit_result(7, ndarrays_to_parameters(honest(7)), "G")]  # unpacked tensors
     params, _ = strategy.aggregate_fit(1, results, [])
     assert params is not None and strategy.completed_rounds == [1]
     assert sorted(strategy.round_record["fit"]) == ["A", "B"]
     rejected = strategy.round_record["rejected"]
-    assert sorted(rejected) == ["C", "D", "E", "F"]
+    assert sorted(rejected) == ["C", "D", "E", "F", "G"]
     assert "non-finite" in rejected["C"] and "above max-update-norm 1" in rejected["D"]
-    assert rejected["E"].startswith("malformed") and "shape (5, 3)" in rejected["F"]
+    assert rejected["E"].startswith("malformed") and "18 values instead of 15" in rejected["F"]
+    assert "not one packed vector but 2 array(s)" in rejected["G"]
     assert "site D: update rejected: norm" in " ".join(strategy.round_record["fit_failures"])
     expected = [(a + b) / 2 for a, b in zip(honest(1), honest(2))]
-    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], expected[0], rtol=1e-5)
+    aggregate = unpack(parameters_to_ndarrays(params), [w.shape for w in REFERENCE])
+    for got, want in zip(aggregate, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_a_round_with_only_bad_updates_fails_and_keeps_the_model(tmp_path):
@@ -98,7 +115,7 @@ def test_robust_rules_contain_one_poisoned_site(tmp_path, rule, attack):
         results = [fit_result(i, honest(i)) for i in range(4)]
         results.append(fit_result(4, [attack * w for w in honest(4)]))
         params, _ = strategy.aggregate_fit(1, results, [])
-        return parameters_to_ndarrays(params)
+        return unpack(parameters_to_ndarrays(params), [w.shape for w in REFERENCE])
 
     def error(agg):
         return update_norm([a - c for a, c in zip(agg, clean_mean)]) / update_norm(clean_mean)

@@ -1,7 +1,7 @@
 """What leaves a site: run the real ClientApp on Flower messages and inspect every reply.
 
-No raw text, no token ids, no per-example data: only float tensors shaped like the trainable
-weights, and the few scalar fields the README lists.
+No raw text, no token ids, no per-example data: only the trainable weights' changes (packed in
+one float vector) and the few scalar fields the README lists.
 """
 
 import json
@@ -18,6 +18,7 @@ from client.app import app
 from client.site import site_data
 from common.config import RunConfig
 from common.model import build_model, get_weights, load_tokenizer
+from common.updates import pack, unpack
 from tests.helpers import LABELS
 
 PII_ROW = "Dear bank, my name is Mary Johnson, email mary.johnson@example.com, my card was declined."
@@ -54,15 +55,16 @@ def test_replies_carry_weights_and_aggregates_only(tiny_model, demo_dir, tmp_pat
     token_ids = load_tokenizer(cfg.model)(texts)["input_ids"]
 
     fit = send(MessageType.TRAIN, compat.fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(initial), {"server-round": 1}), keep_input=True), ctx)
+        FitIns(ndarrays_to_parameters(pack(initial)), {"server-round": 1}), keep_input=True), ctx)
     ev = send(MessageType.EVALUATE, compat.evaluateins_to_recorddict(
-        EvaluateIns(ndarrays_to_parameters(initial), {"server-round": 1}), keep_input=True), ctx)
+        EvaluateIns(ndarrays_to_parameters(pack(initial)), {"server-round": 1}), keep_input=True), ctx)
     assert not fit.has_error() and not ev.has_error()
 
     fitres = compat.recorddict_to_fitres(fit.content, keep_input=True)
     sent = parameters_to_ndarrays(fitres.parameters)
-    assert [a.shape for a in sent] == [w.shape for w in initial]
-    assert all(a.dtype == np.float32 for a in sent)  # tensors of weight changes, nothing else
+    # one packed float32 vector: exactly the trainable tensors' changes, nothing else
+    assert len(sent) == 1 and sent[0].dtype == np.float32 and sent[0].size == sum(w.size for w in initial)
+    assert [a.shape for a in unpack(sent, [w.shape for w in initial])] == [w.shape for w in initial]
     assert set(fitres.metrics) <= FIT_FIELDS and fitres.metrics["dp"] is True
     assert "train_loss" not in fitres.metrics  # not DP-protected: stays at the site
     assert json.loads(fitres.metrics["redactions"]) == {"EMAIL": 1, "NAME": 1}
