@@ -52,6 +52,9 @@ def _failure_text(failure) -> str:
     return res.status.message
 
 
+SITE_POLL_S = 0.5  # how often a round that waits for sites asks the SuperLink who is connected
+
+
 class FedSiloStrategy(FedAvg):
     def __init__(self, cfg: RunConfig, run_dir: RunDir, initial: list[np.ndarray], audit: AuditLog,
                  resumed: dict | None = None):
@@ -104,7 +107,7 @@ class FedSiloStrategy(FedAvg):
         needed = self.cfg.min_sites if first else 1
         if self.cfg.secure_aggregation:
             needed = max(needed, self.cfg.secagg_threshold)
-        if not client_manager.wait_for(needed, timeout=int(self.cfg.round_timeout)):
+        if not self._wait_for_sites(client_manager, needed):
             self.failed_rounds[server_round] = (f"only {client_manager.num_available()} of {needed} sites "
                                                 f"connected after {self.cfg.round_timeout:.0f}s (round-timeout)")
             log(WARNING, "round %d failed: %s", server_round, self.failed_rounds[server_round])
@@ -116,6 +119,17 @@ class FedSiloStrategy(FedAvg):
             return []
         self._sampled[server_round] = {str(proxy.node_id) for proxy, _ in instructions}
         return instructions
+
+    def _wait_for_sites(self, client_manager, needed: int) -> bool:
+        """Whether `needed` sites are connected, waiting at most round-timeout. Flower's compat
+        client manager learns of connected sites every 5 s, and its wait_for waits for that
+        (measured: 5.3 s at the start of every run); num_available asks the SuperLink now."""
+        deadline = time.monotonic() + self.cfg.round_timeout
+        while client_manager.num_available() < needed:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(SITE_POLL_S)
+        return True
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return super().configure_evaluate(server_round + self.offset, parameters, client_manager)

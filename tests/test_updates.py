@@ -1,10 +1,13 @@
 """Update validation, robust aggregation and the resume checkpoint, on FedSilo's real strategy."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import SimpleClientManager
+from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 
 from common.audit import AuditLog, generate_key
@@ -122,6 +125,24 @@ def test_robust_rules_contain_one_poisoned_site(tmp_path, rule, attack):
 
     assert error(aggregate("fedavg")) > 1.5  # the mean is dragged far off by one site
     assert error(aggregate(rule)) < 0.2  # the robust rule stays near the honest sites' mean
+
+
+def test_a_round_starts_as_soon_as_the_sites_are_connected(tmp_path):
+    # Flower's compat client manager hears of connected sites from a thread that asks the
+    # SuperLink first after 5 s, then every 5 s (Flower's own code, here with a grid that knows
+    # three sites). A strategy that waited for that thread would give up after the 2 s
+    # round-timeout; one that asks when it needs the sites finds them at once.
+    grid = SimpleNamespace(get_node_ids=lambda: [11, 12, 13], run=SimpleNamespace(run_id=1))
+    manager = SimpleClientManager()
+    _, stop_thread, wrapped = start_update_client_manager_thread(grid, manager)
+    wrapped.wait()
+    try:
+        strategy = make_strategy(tmp_path, **{"min-sites": 3, "round-timeout": 2.0})
+        instructions = strategy.configure_fit(1, ndarrays_to_parameters(pack(REFERENCE)), manager)
+    finally:
+        stop_thread.set()
+    assert sorted(proxy.node_id for proxy, _ in instructions) == [11, 12, 13]
+    assert strategy.failed_rounds == {}
 
 
 def test_robust_rules_need_plain_aggregation():
