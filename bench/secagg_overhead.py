@@ -42,7 +42,7 @@ def masked_bytes(weights: list[np.ndarray]) -> int:
     from flwr.common.secure_aggregation.quantization import quantize
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-    mod_range = 2**32  # SecAggPlusWorkflow's default modulus_range (server/app.py keeps it)
+    mod_range = 2**32  # SecAggPlusWorkflow's default modulus_range (SECAGG_MODULUS in server/secure_aggregation.py)
     quantized = factor_combine(1, quantize([w.astype(np.float32) for w in weights], 1.0, 2**22))
     masked = parameters_mod(parameters_addition(
         quantized, pseudo_rand_gen(b"\0" * 32, mod_range, [q.shape for q in quantized])), mod_range)
