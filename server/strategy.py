@@ -73,7 +73,6 @@ class FedSiloStrategy(FedAvg):
         self.run_dir = run_dir
         self.audit = audit
         self.global_weights = [w.copy() for w in initial]
-        self.shapes = [w.shape for w in initial]  # what a packed update is cut into
         self.completed_rounds: list[int] = []
         self.failed_rounds: dict[int, str] = {}
         self.site_privacy: dict[str, dict] = {}  # latest privacy report of each site
@@ -108,9 +107,8 @@ class FedSiloStrategy(FedAvg):
         if self.cfg.secure_aggregation:
             needed = max(needed, self.cfg.secagg_threshold)
         if not self._wait_for_sites(client_manager, needed):
-            self.failed_rounds[server_round] = (f"only {client_manager.num_available()} of {needed} sites "
-                                                f"connected after {self.cfg.round_timeout:.0f}s (round-timeout)")
-            log(WARNING, "round %d failed: %s", server_round, self.failed_rounds[server_round])
+            self.fail_round(server_round, f"only {client_manager.num_available()} of {needed} sites "
+                                          f"connected after {self.cfg.round_timeout:.0f}s (round-timeout)")
             return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
         if self.cfg.secure_aggregation and len(instructions) > MAX_SITES_PER_ROUND:
@@ -134,20 +132,26 @@ class FedSiloStrategy(FedAvg):
     def configure_evaluate(self, server_round, parameters, client_manager):
         return super().configure_evaluate(server_round + self.offset, parameters, client_manager)
 
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """What a packed update is cut into: the global model's trainable tensors."""
+        return [w.shape for w in self.global_weights]
+
+    def fail_round(self, rnd: int, reason: str) -> None:
+        self.failed_rounds[rnd] = reason
+        log(WARNING, "round %d failed: %s", rnd, reason)
+
     def refuse_round(self, reason: str) -> None:
         """Secure aggregation refused this round (too many sites, or survivors that fell apart)."""
-        rnd = self._fit_started[-1]
-        self.failed_rounds[rnd] = f"{reason}; the global model is unchanged"
-        log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])
+        self.fail_round(self._fit_started[-1], f"{reason}; the global model is unchanged")
 
     def close_rounds(self) -> None:
         """A round that started but never reached aggregate_fit failed: Flower's SecAgg+ halts
         silently (and exits 0) when too few sites remain to unmask the sum."""
         for rnd in self._fit_started:
             if rnd not in self.completed_rounds and rnd not in self.failed_rounds:
-                self.failed_rounds[rnd] = ("secure aggregation halted: fewer than secagg-threshold="
-                                           f"{self.cfg.secagg_threshold} sites remained; the global model is unchanged")
-                log(WARNING, "round %d failed: %s", rnd, self.failed_rounds[rnd])
+                self.fail_round(rnd, f"secure aggregation halted: fewer than secagg-threshold="
+                                     f"{self.cfg.secagg_threshold} sites remained; the global model is unchanged")
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures) -> tuple[Parameters | None, dict[str, Scalar]]:
         server_round += self.offset
@@ -164,8 +168,7 @@ class FedSiloStrategy(FedAvg):
                 accepted = [(proxy, res, unpack(parameters_to_ndarrays(res.parameters), self.shapes))
                             for proxy, res in results]
             except FedSiloError as err:
-                self.failed_rounds[server_round] = f"aggregate refused: {err}"
-                log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, err)
+                self.fail_round(server_round, f"aggregate refused: {err}")
                 return None, {}
         else:
             accepted, rejected = self._validate(results)
