@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-ORDER = ["utility", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "dp_tuning", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 
 # ------------------------------------------------------------------------------------ provenance
@@ -425,6 +425,20 @@ def head_features_md(d: dict, plots: list[str]) -> list[str]:
     return lines
 
 
+def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
+    setup = d["setup"]
+    lines = [f"{setup['model']}; {setup['dataset']}, {setup['train_examples']} training examples over "
+             f"{setup['sites']} sites, {setup['partition']} (alpha {setup['dirichlet_alpha']}), {setup['rounds']} "
+             f"rounds x {setup['local_epochs']} local epoch(s); epsilon {setup['epsilon_per_site']:g} per site; "
+             f"{setup['dp']}. Scored on {setup['scored_on']}.", ""]
+    rows = [[r["seed"], r["batch_size"], f"{r['learning_rate']:g}", f"{r['head_learning_rate']:g}", r["status"],
+             fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
+             fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds"))]
+            for r in d["rows"]]
+    return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "status", "validation accuracy (%)",
+                          "noise multiplier", "ε spent (max site)", "wall s"], rows)
+
+
 def generic_md(d: dict, plots: list[str]) -> list[str]:
     """A benchmark without a section here: its own Markdown, else its rows as a table."""
     if isinstance(d.get("summary_md"), (str, list)):
@@ -444,6 +458,7 @@ def generic_md(d: dict, plots: list[str]) -> list[str]:
 SECTIONS = {
     "utility": ("Utility on real data", utility_md, utility_png),
     "head_features": ("What the classification head sees (DP diagnosis)", head_features_md, None),
+    "dp_tuning": ("Choosing DP's batch size and learning rate (validation set)", dp_tuning_md, None),
     "round_efficiency": ("Round efficiency in deployment", round_efficiency_md, round_efficiency_png),
     "scale": ("Simulation scale", scale_md, scale_png),
     "traffic": ("Bytes per site per round", traffic_md, traffic_png),
@@ -473,12 +488,20 @@ def main() -> int:
           ""]
     if run:
         md += [f"Latest run: {provenance(run['header'])} · {fmt(run['wall_seconds'])} s", ""]
-        # a profile run a few benchmarks at a time keeps each one's entry from the run that made it
+        # a profile run a few benchmarks at a time keeps each one's entry from the run that made it;
+        # a benchmark run alone afterwards (python bench/NAME.py) supersedes its entry
+        entries = []
+        for s in run["scripts"]:
+            started = s.get("run_started_utc", run["header"]["started_utc"])
+            later = results.get(s["name"], {}).get("header", {}).get("started_utc", "")
+            if later > started:
+                s = {**s, "status": f"{s['status']}; superseded by a run of it alone started {later}"}
+            entries.append(s)
         md += table(["benchmark", "status", "wall s", "result", "run started (UTC)"],
                     [[s["name"], s["status"], fmt(s.get("wall_seconds")), s.get("result") or s.get("reason", "–"),
                       s.get("run_started_utc", run["header"]["started_utc"])]
-                     for s in run["scripts"]])
-        failed = [s for s in run["scripts"] if s["status"] == "failed"]
+                     for s in entries])
+        failed = [s for s in entries if s["status"] == "failed"]
         for s in failed:
             md += ["", f"**{s['name']} FAILED** (exit {s['returncode']}; full log `{s['log']}`), last lines:", "",
                    "```", s.get("log_tail", ""), "```"]

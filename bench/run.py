@@ -26,6 +26,7 @@ BENCH = REPO / "bench"
 SUITE = {
     "utility": ("quick", "full"),
     "head_features": ("quick", "full"),
+    "dp_tuning": ("full",),
     "scale": ("quick", "full"),
     "traffic": ("quick", "full"),
     "round_efficiency": ("quick", "full"),  # run only where bench/round_efficiency.py exists

@@ -150,11 +150,13 @@ def centralised(texts: list[str], labels: list[str], label_set: tuple[str, ...],
 
 
 def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str, epsilon: float | None,
-              seed: int, prof: dict, work: Path, test: tuple[list[str], list[str]]) -> dict:
-    """One fl-sim run (FedSilo's app on Flower's simulation engine), scored with its final model."""
+              seed: int, prof: dict, work: Path, test: tuple[list[str], list[str]], extra: tuple[str, ...] = (),
+              name: str = "") -> dict:
+    """One fl-sim run (FedSilo's app on Flower's simulation engine), scored with its final model;
+    `extra` are further fl-sim flags (bench/dp_tuning.py's hyperparameters)."""
     from server.predict import load_final_model
 
-    name = f"{partition_scheme}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}-seed{seed}"
+    name = name or f"{partition_scheme}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}-seed{seed}"
     run_dir = work / f"run-{name}"
     cmd = [str(BIN / "fl-sim"), "--sites", str(SITES), "--data", str(data_file), "--labels", ",".join(label_set),
            "--rounds", str(prof["rounds"]), "--local-epochs", str(prof["local_epochs"]),
@@ -162,6 +164,7 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
            "--partition", partition_scheme, "--dirichlet-alpha", str(ALPHA), "--eval-fraction", str(EVAL_FRACTION),
            "--no-redact", "--run-dir", str(run_dir)]
     cmd += ["--no-dp"] if epsilon is None else ["--target-epsilon", str(epsilon), "--privacy-budget", str(epsilon)]
+    cmd += list(extra)
     measured = run_measured(cmd, FL_SIM_TIMEOUT, work / f"fl-sim-{name}.log", every=2.0)
     summary = run_dir / "summary.json"
     if measured["returncode"] != 0 or not summary.exists():

@@ -1,0 +1,94 @@
+"""Choosing DP-SGD's batch size and learning rate without looking at the test set.
+
+The utility benchmark's DP arms train with FedSilo's defaults. DP-SGD's noise per step is
+sigma * C / B: a larger expected batch B costs a somewhat larger noise multiplier sigma for the same
+epsilon, but divides the noise by B, at the price of fewer steps (the example passes are fixed).
+This benchmark measures that trade on the utility benchmark's target setting (SST-2, 4 sites,
+Dirichlet alpha = 0.5, epsilon 8 per site, the same subsample, rounds and example passes), one
+`fl-sim` run per configuration, and scores each on a **validation set**: a seeded stratified sample
+of SST-2 training rows outside the subsample, the size of the dev set. SST-2 dev, the utility
+benchmark's test set, is never read here, so the defaults chosen from this table are not fitted to it.
+
+    python bench/dp_tuning.py --profile quick|full [--out DIR]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from harness import bench_args, bench_header, log, out_dir, write_result
+from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
+
+# (expected batch size, learning rate of the LoRA adapters, learning rate of the head)
+PROFILES = {
+    "quick": {"train_examples": 400, "validation_examples": 200, "seeds": [42], "rounds": 1, "local_epochs": 1,
+              "epsilon": 8.0, "configs": [(32, 3e-3, 3e-2), (64, 6e-3, 3e-2)]},
+    "full": {"train_examples": 4000, "validation_examples": 872, "seeds": [42], "rounds": 5, "local_epochs": 1,
+             "epsilon": 8.0,
+             "configs": [(64, 3e-3, 3e-2), (128, 3e-3, 3e-2), (128, 6e-3, 3e-2), (256, 6e-3, 3e-2),
+                         (256, 1e-2, 5e-2)]},
+}
+PARTITION = "dirichlet"
+
+
+def validation_indices(labels: list[str], used: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded stratified sample of n training rows that no site trains on."""
+    rest = np.setdiff1d(np.arange(len(labels)), used)
+    return rest[stratified_subsample([labels[i] for i in rest], n, seed + 1000)]
+
+
+def main() -> int:
+    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    prof = PROFILES[args.profile]
+    header = bench_header("dp_tuning", args.profile, prof["seeds"])
+    texts, labels = read_tsv(DATA / DATASETS["sst2"][0])
+    label_set = tuple(sorted(set(labels)))
+    rows = []
+
+    def save() -> Path:
+        return write_result(out_dir(args), "dp_tuning", {
+            "header": header,
+            "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA r=8 on query,value + classification head",
+                      "dataset": "sst2", "sites": SITES, "partition": PARTITION, "dirichlet_alpha": ALPHA,
+                      "epsilon_per_site": prof["epsilon"], "rounds": prof["rounds"],
+                      "local_epochs": prof["local_epochs"], "train_examples": prof["train_examples"],
+                      "max_length": MAX_LENGTH,
+                      "scored_on": f"validation: {prof['validation_examples']} SST-2 training rows outside the "
+                                   "subsample (seeded, stratified); SST-2 dev is not read",
+                      "dp": "DP-SGD at every site, delta = min(1e-5, 0.1/n), clipping 1.0, PRV accountant"},
+            "rows": rows})
+
+    with tempfile.TemporaryDirectory(prefix="bench-dp-tuning-") as work:
+        work = Path(work)
+        for seed in prof["seeds"]:
+            keep = stratified_subsample(labels, prof["train_examples"], seed)
+            val = validation_indices(labels, keep, prof["validation_examples"], seed)
+            assert not set(val) & set(keep)
+            validation = ([texts[i] for i in val], [labels[i] for i in val])
+            data_file = write_tsv(work / f"sst2-seed{seed}.tsv", [texts[i] for i in keep], [labels[i] for i in keep])
+            run_prof = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"]}
+            for batch, lr, head_lr in prof["configs"]:
+                name = f"b{batch}-lr{lr:g}-head{head_lr:g}-seed{seed}"
+                log(f"dp_tuning: seed {seed}: expected batch {batch}, lr {lr:g}, head lr {head_lr:g}")
+                row = {"seed": seed, "batch_size": batch, "learning_rate": lr, "head_learning_rate": head_lr}
+                try:
+                    row.update(federated(data_file, label_set, PARTITION, prof["epsilon"], seed,
+                                         {**run_prof, "batch_size": batch}, work, validation,
+                                         extra=("--learning-rate", str(lr), "--head-learning-rate", str(head_lr)),
+                                         name=name))
+                except Exception as err:  # noqa: BLE001 - record it, go on with the other configurations
+                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                log(f"dp_tuning:   -> validation accuracy {row.get('accuracy')}, noise multiplier "
+                    f"{row.get('noise_multiplier')} ({row['status']}, {row.get('wall_seconds')} s)")
+                rows.append(row)
+                save()
+    path = save()
+    log(f"dp_tuning: wrote {path}")
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
