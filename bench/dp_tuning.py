@@ -9,24 +9,28 @@ Dirichlet alpha = 0.5, epsilon 8 per site, the same subsample, rounds and exampl
 of SST-2 training rows outside the subsample, the size of the dev set. SST-2 dev, the utility
 benchmark's test set, is never read here, so the defaults chosen from this table are not fitted to it.
 
-    python bench/dp_tuning.py --profile quick|full [--out DIR]
+    python bench/dp_tuning.py --profile quick|full [--out DIR] [--seeds 43,44] [--configs 64:0.003:0.03,...]
+
+With --seeds / --configs only those (seed, configuration) pairs run; the rows an earlier run of
+the same profile left in DIR/dp_tuning.json are kept, each naming the commit and run that measured it.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from harness import bench_args, bench_header, log, out_dir, write_result
+from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
 from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
 
 # (expected batch size, learning rate of the LoRA adapters, learning rate of the head)
 PROFILES = {
     "quick": {"train_examples": 400, "validation_examples": 200, "seeds": [42], "rounds": 1, "local_epochs": 1,
               "epsilon": 8.0, "configs": [(32, 3e-3, 3e-2), (64, 6e-3, 3e-2)]},
-    "full": {"train_examples": 4000, "validation_examples": 872, "seeds": [42], "rounds": 5, "local_epochs": 1,
+    "full": {"train_examples": 4000, "validation_examples": 872, "seeds": [42, 43, 44], "rounds": 5, "local_epochs": 1,
              "epsilon": 8.0,
              "configs": [(64, 3e-3, 3e-2), (128, 3e-3, 3e-2), (128, 6e-3, 3e-2), (256, 6e-3, 3e-2),
                          (256, 1e-2, 5e-2)]},
@@ -40,13 +44,40 @@ def validation_indices(labels: list[str], used: np.ndarray, n: int, seed: int) -
     return rest[stratified_subsample([labels[i] for i in rest], n, seed + 1000)]
 
 
+def config_name(batch: int, lr: float, head_lr: float) -> str:
+    return f"{batch}:{lr:g}:{head_lr:g}"
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean validation accuracy of each configuration over the seeds it ran with."""
+    out = []
+    for key in dict.fromkeys((r["batch_size"], r["learning_rate"], r["head_learning_rate"]) for r in rows):
+        accs = {r["seed"]: r["accuracy"] for r in rows if r.get("status") == "ok"
+                and (r["batch_size"], r["learning_rate"], r["head_learning_rate"]) == key}
+        if accs:
+            out.append({"batch_size": key[0], "learning_rate": key[1], "head_learning_rate": key[2],
+                        "seeds": sorted(accs), "accuracy_mean": round(statistics.fmean(accs.values()), 4),
+                        "accuracy_std": round(statistics.stdev(accs.values()), 4) if len(accs) > 1 else None})
+    return out
+
+
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    parser = bench_args(__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
+    parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations, "
+                                                       "each BATCH:LR:HEAD_LR")
+    args = parser.parse_args()
     prof = PROFILES[args.profile]
-    header = bench_header("dp_tuning", args.profile, prof["seeds"])
+    seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
+    by_name = {config_name(*c): c for c in prof["configs"]}
+    configs = [by_name[n] for n in subset(args.configs, list(by_name), "configs", parser)]
+    header = bench_header("dp_tuning", args.profile, seeds)
+    run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     texts, labels = read_tsv(DATA / DATASETS["sst2"][0])
     label_set = tuple(sorted(set(labels)))
-    rows = []
+    rows, _ = earlier_rows(out_dir(args) / "dp_tuning.json", args.profile,
+                           lambda r: (r["seed"], config_name(r["batch_size"], r["learning_rate"], r["head_learning_rate"])),
+                           {(s, config_name(*c)) for s in seeds for c in configs})
 
     def save() -> Path:
         return write_result(out_dir(args), "dp_tuning", {
@@ -59,21 +90,22 @@ def main() -> int:
                       "scored_on": f"validation: {prof['validation_examples']} SST-2 training rows outside the "
                                    "subsample (seeded, stratified); SST-2 dev is not read",
                       "dp": "DP-SGD at every site, delta = min(1e-5, 0.1/n), clipping 1.0, PRV accountant"},
-            "rows": rows})
+            "rows": rows, "summary": summarise(rows)})
 
     with tempfile.TemporaryDirectory(prefix="bench-dp-tuning-") as work:
         work = Path(work)
-        for seed in prof["seeds"]:
+        for seed in seeds:
             keep = stratified_subsample(labels, prof["train_examples"], seed)
             val = validation_indices(labels, keep, prof["validation_examples"], seed)
             assert not set(val) & set(keep)
             validation = ([texts[i] for i in val], [labels[i] for i in val])
             data_file = write_tsv(work / f"sst2-seed{seed}.tsv", [texts[i] for i in keep], [labels[i] for i in keep])
             run_prof = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"]}
-            for batch, lr, head_lr in prof["configs"]:
+            for batch, lr, head_lr in configs:
                 name = f"b{batch}-lr{lr:g}-head{head_lr:g}-seed{seed}"
                 log(f"dp_tuning: seed {seed}: expected batch {batch}, lr {lr:g}, head lr {head_lr:g}")
-                row = {"seed": seed, "batch_size": batch, "learning_rate": lr, "head_learning_rate": head_lr}
+                row = {"seed": seed, "batch_size": batch, "learning_rate": lr, "head_learning_rate": head_lr,
+                       "run": run}
                 try:
                     row.update(federated(data_file, label_set, PARTITION, prof["epsilon"], seed,
                                          {**run_prof, "batch_size": batch}, work, validation,
@@ -87,7 +119,7 @@ def main() -> int:
                 save()
     path = save()
     log(f"dp_tuning: wrote {path}")
-    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+    return 0 if all(r.get("status") == "ok" for r in rows if r["run"] == run) else 1
 
 
 if __name__ == "__main__":

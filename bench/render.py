@@ -435,8 +435,17 @@ def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
              fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
              fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds"))]
             for r in d["rows"]]
+    lines += ["Mean over the seeds each configuration ran with:", ""]
+    lines += table(["expected batch", "lr (LoRA)", "lr (head)", "validation accuracy (%)", "seeds"],
+                   [[m["batch_size"], f"{m['learning_rate']:g}", f"{m['head_learning_rate']:g}",
+                     fmt(100 * m["accuracy_mean"]) + ("" if m["accuracy_std"] is None else
+                                                       f" ± {fmt(100 * m['accuracy_std'])}"),
+                     ", ".join(map(str, m["seeds"]))] for m in d.get("summary", [])])
+    lines += ["", "Every run:", ""]
     return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "status", "validation accuracy (%)",
-                          "noise multiplier", "ε spent (max site)", "wall s"], rows)
+                          "noise multiplier", "ε spent (max site)", "wall s", "commit"],
+                         [r + [d["rows"][i].get("run", {}).get("commit", d["header"]["commit"])]
+                          for i, r in enumerate(rows)])
 
 
 def generic_md(d: dict, plots: list[str]) -> list[str]:
