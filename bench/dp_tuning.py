@@ -26,13 +26,17 @@ import numpy as np
 from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
 from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
 
-# (expected batch size, learning rate of the LoRA adapters, learning rate of the head)
+# (expected batch size, learning rate of the LoRA adapters, learning rate of the head[, LoRA rank,
+# LoRA target modules]); the LoRA settings default to FedSilo's (rank 8 on query and value)
+LORA_DEFAULT = (8, "query,value")
 PROFILES = {
     "quick": {"train_examples": 400, "validation_examples": 200, "seeds": [42], "rounds": 1, "local_epochs": 1,
               "epsilon": 8.0, "configs": [(32, 3e-3, 3e-2), (64, 6e-3, 3e-2)]},
     "full": {"train_examples": 4000, "validation_examples": 872, "seeds": [42, 43, 44], "rounds": 5, "local_epochs": 1,
              "epsilon": 8.0,
              "configs": [(64, 3e-3, 3e-2), (128, 3e-3, 3e-2), (128, 6e-3, 3e-2), (256, 6e-3, 3e-2),
+                         # fewer trainable values, so less noise per useful coordinate
+                         (64, 3e-3, 3e-2, 4, "value"),
                          (256, 1e-2, 5e-2)]},
 }
 PARTITION = "dirichlet"
@@ -44,18 +48,28 @@ def validation_indices(labels: list[str], used: np.ndarray, n: int, seed: int) -
     return rest[stratified_subsample([labels[i] for i in rest], n, seed + 1000)]
 
 
-def config_name(batch: int, lr: float, head_lr: float) -> str:
-    return f"{batch}:{lr:g}:{head_lr:g}"
+def full_config(config: tuple) -> tuple:
+    return tuple(config) + LORA_DEFAULT[len(config) - 3:]
+
+
+def row_config(row: dict) -> tuple:
+    return (row["batch_size"], row["learning_rate"], row["head_learning_rate"],
+            row.get("lora_r", LORA_DEFAULT[0]), row.get("lora_targets", LORA_DEFAULT[1]))
+
+
+def config_name(batch: int, lr: float, head_lr: float, lora_r: int = 8, lora_targets: str = "query,value") -> str:
+    lora = "" if (lora_r, lora_targets) == LORA_DEFAULT else f":r{lora_r}:{lora_targets.replace(',', '+')}"
+    return f"{batch}:{lr:g}:{head_lr:g}{lora}"
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean validation accuracy of each configuration over the seeds it ran with."""
     out = []
-    for key in dict.fromkeys((r["batch_size"], r["learning_rate"], r["head_learning_rate"]) for r in rows):
-        accs = {r["seed"]: r["accuracy"] for r in rows if r.get("status") == "ok"
-                and (r["batch_size"], r["learning_rate"], r["head_learning_rate"]) == key}
+    for key in dict.fromkeys(map(row_config, rows)):
+        accs = {r["seed"]: r["accuracy"] for r in rows if r.get("status") == "ok" and row_config(r) == key}
         if accs:
             out.append({"batch_size": key[0], "learning_rate": key[1], "head_learning_rate": key[2],
+                        "lora_r": key[3], "lora_targets": key[4],
                         "seeds": sorted(accs), "accuracy_mean": round(statistics.fmean(accs.values()), 4),
                         "accuracy_std": round(statistics.stdev(accs.values()), 4) if len(accs) > 1 else None})
     return out
@@ -69,14 +83,14 @@ def main() -> int:
     args = parser.parse_args()
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
-    by_name = {config_name(*c): c for c in prof["configs"]}
+    by_name = {config_name(*c): full_config(c) for c in prof["configs"]}
     configs = [by_name[n] for n in subset(args.configs, list(by_name), "configs", parser)]
     header = bench_header("dp_tuning", args.profile, seeds)
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     texts, labels = read_tsv(DATA / DATASETS["sst2"][0])
     label_set = tuple(sorted(set(labels)))
     rows, _ = earlier_rows(out_dir(args) / "dp_tuning.json", args.profile,
-                           lambda r: (r["seed"], config_name(r["batch_size"], r["learning_rate"], r["head_learning_rate"])),
+                           lambda r: (r["seed"], config_name(*row_config(r))),
                            {(s, config_name(*c)) for s in seeds for c in configs})
 
     def save() -> Path:
@@ -101,16 +115,18 @@ def main() -> int:
             validation = ([texts[i] for i in val], [labels[i] for i in val])
             data_file = write_tsv(work / f"sst2-seed{seed}.tsv", [texts[i] for i in keep], [labels[i] for i in keep])
             run_prof = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"]}
-            for batch, lr, head_lr in configs:
-                name = f"b{batch}-lr{lr:g}-head{head_lr:g}-seed{seed}"
-                log(f"dp_tuning: seed {seed}: expected batch {batch}, lr {lr:g}, head lr {head_lr:g}")
+            for batch, lr, head_lr, lora_r, lora_targets in configs:
+                name = config_name(batch, lr, head_lr, lora_r, lora_targets)
+                log(f"dp_tuning: seed {seed}: expected batch {batch}, lr {lr:g}, head lr {head_lr:g}, "
+                    f"LoRA rank {lora_r} on {lora_targets}")
                 row = {"seed": seed, "batch_size": batch, "learning_rate": lr, "head_learning_rate": head_lr,
-                       "run": run}
+                       "lora_r": lora_r, "lora_targets": lora_targets, "run": run}
                 try:
                     row.update(federated(data_file, label_set, PARTITION, prof["epsilon"], seed,
                                          {**run_prof, "batch_size": batch}, work, validation,
-                                         extra=("--learning-rate", str(lr), "--head-learning-rate", str(head_lr)),
-                                         name=name))
+                                         extra=("--learning-rate", str(lr), "--head-learning-rate", str(head_lr),
+                                                "--lora-r", str(lora_r), "--lora-targets", lora_targets),
+                                         name=f"{name.replace(':', '_').replace('+', '_')}-seed{seed}"))
                 except Exception as err:  # noqa: BLE001 - record it, go on with the other configurations
                     row.update(status="failed", error=f"{type(err).__name__}: {err}")
                 log(f"dp_tuning:   -> validation accuracy {row.get('accuracy')}, noise multiplier "

@@ -431,21 +431,25 @@ def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
              f"{setup['sites']} sites, {setup['partition']} (alpha {setup['dirichlet_alpha']}), {setup['rounds']} "
              f"rounds x {setup['local_epochs']} local epoch(s); epsilon {setup['epsilon_per_site']:g} per site; "
              f"{setup['dp']}. Scored on {setup['scored_on']}.", ""]
-    rows = [[r["seed"], r["batch_size"], f"{r['learning_rate']:g}", f"{r['head_learning_rate']:g}", r["status"],
-             fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
-             fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds"))]
-            for r in d["rows"]]
+
+    def lora(r: dict) -> str:  # rows from before LoRA was varied ran with FedSilo's default
+        return f"r={r.get('lora_r', 8)} on {r.get('lora_targets', 'query,value')}"
+
     lines += ["Mean over the seeds each configuration ran with:", ""]
-    lines += table(["expected batch", "lr (LoRA)", "lr (head)", "validation accuracy (%)", "seeds"],
-                   [[m["batch_size"], f"{m['learning_rate']:g}", f"{m['head_learning_rate']:g}",
+    lines += table(["expected batch", "lr (LoRA)", "lr (head)", "LoRA", "validation accuracy (%)", "seeds"],
+                   [[m["batch_size"], f"{m['learning_rate']:g}", f"{m['head_learning_rate']:g}", lora(m),
                      fmt(100 * m["accuracy_mean"]) + ("" if m["accuracy_std"] is None else
                                                        f" ± {fmt(100 * m['accuracy_std'])}"),
                      ", ".join(map(str, m["seeds"]))] for m in d.get("summary", [])])
     lines += ["", "Every run:", ""]
-    return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "status", "validation accuracy (%)",
-                          "noise multiplier", "ε spent (max site)", "wall s", "commit"],
-                         [r + [d["rows"][i].get("run", {}).get("commit", d["header"]["commit"])]
-                          for i, r in enumerate(rows)])
+    return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "LoRA", "status",
+                          "validation accuracy (%)", "noise multiplier (max site)", "ε spent (max site)", "wall s",
+                          "commit"],
+                         [[r["seed"], r["batch_size"], f"{r['learning_rate']:g}", f"{r['head_learning_rate']:g}",
+                           lora(r), r["status"], fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
+                           fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2),
+                           fmt(r.get("wall_seconds")), r.get("run", {}).get("commit", d["header"]["commit"])]
+                          for r in d["rows"]])
 
 
 def generic_md(d: dict, plots: list[str]) -> list[str]:
