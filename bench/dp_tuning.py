@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
+from common.config import OPTIONS_BY_KEY  # noqa: E402 - harness puts the repository on sys.path
 from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
 
 # (expected batch size, learning rate of the LoRA adapters, learning rate of the head[, LoRA rank,
-# LoRA target modules]); the LoRA settings default to FedSilo's (rank 8 on query and value)
-LORA_DEFAULT = (8, "query,value")
+# LoRA target modules]); the LoRA settings default to FedSilo's own
+LORA_DEFAULT = (OPTIONS_BY_KEY["lora-r"].default, OPTIONS_BY_KEY["lora-targets"].default)
 PROFILES = {
     "quick": {"train_examples": 400, "validation_examples": 200, "seeds": [42], "rounds": 1, "local_epochs": 1,
               "epsilon": 8.0, "configs": [(32, 3e-3, 3e-2), (64, 6e-3, 3e-2)]},
@@ -57,7 +58,7 @@ def row_config(row: dict) -> tuple:
             row.get("lora_r", LORA_DEFAULT[0]), row.get("lora_targets", LORA_DEFAULT[1]))
 
 
-def config_name(batch: int, lr: float, head_lr: float, lora_r: int = 8, lora_targets: str = "query,value") -> str:
+def config_name(batch: int, lr: float, head_lr: float, lora_r: int, lora_targets: str) -> str:
     lora = "" if (lora_r, lora_targets) == LORA_DEFAULT else f":r{lora_r}:{lora_targets.replace(',', '+')}"
     return f"{batch}:{lr:g}:{head_lr:g}{lora}"
 
@@ -79,11 +80,11 @@ def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
     parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations, "
-                                                       "each BATCH:LR:HEAD_LR")
+                                                       "each BATCH:LR:HEAD_LR[:rRANK:TARGET+TARGET]")
     args = parser.parse_args()
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
-    by_name = {config_name(*c): full_config(c) for c in prof["configs"]}
+    by_name = {config_name(*full_config(c)): full_config(c) for c in prof["configs"]}
     configs = [by_name[n] for n in subset(args.configs, list(by_name), "configs", parser)]
     header = bench_header("dp_tuning", args.profile, seeds)
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
@@ -96,7 +97,8 @@ def main() -> int:
     def save() -> Path:
         return write_result(out_dir(args), "dp_tuning", {
             "header": header,
-            "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA r=8 on query,value + classification head",
+            "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA (rank and targets per configuration) + "
+                               "classification head",
                       "dataset": "sst2", "sites": SITES, "partition": PARTITION, "dirichlet_alpha": ALPHA,
                       "epsilon_per_site": prof["epsilon"], "rounds": prof["rounds"],
                       "local_epochs": prof["local_epochs"], "train_examples": prof["train_examples"],
