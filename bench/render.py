@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-ORDER = ["utility", "dp_tuning", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 
 # ------------------------------------------------------------------------------------ provenance

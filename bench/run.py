@@ -27,6 +27,7 @@ SUITE = {
     "utility": ("quick", "full"),
     "head_features": ("quick", "full"),
     "dp_tuning": ("full",),
+    "dp_data_size": ("full",),
     "scale": ("quick", "full"),
     "traffic": ("quick", "full"),
     "round_efficiency": ("quick", "full"),  # run only where bench/round_efficiency.py exists
