@@ -452,6 +452,56 @@ def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
                           for r in d["rows"]])
 
 
+def dp_data_size_md(d: dict, plots: list[str]) -> list[str]:
+    setup = d["setup"]
+    lines = [f"{setup['model']}; {setup['dataset']}, {setup['sites']} sites, {setup['partition']} (alpha "
+             f"{setup['dirichlet_alpha']}), {setup['rounds']} rounds x {setup['local_epochs']} local epoch(s) "
+             f"(the ceiling: {setup['centralised_epochs']} epochs over the union); federated DP at epsilon "
+             f"{setup['epsilon_per_site']:g} per site; {setup['dp']}. Scored on the test file {setup['test_file']}.",
+             "", "Gap = ceiling minus DP, in accuracy points, paired by seed:", ""]
+    lines += table(["subsample", "records per site (mean)", "ceiling acc (%)", "DP acc (%)", "gap (points)", "seeds"],
+                   [[s["subsample"], s["records_per_site"], fmt(100 * s["ceiling_accuracy"]),
+                     fmt(100 * s["dp_accuracy"]), fmt(s["gap_points"], 2)
+                     + ("" if s["gap_points_std"] is None else f" ± {fmt(s['gap_points_std'], 2)}"),
+                     ", ".join(map(str, s["seeds"]))] for s in d.get("summary", [])])
+    lines += ["", "Every run:", ""]
+    lines += table(["seed", "subsample", "arm", "status", "accuracy (%)", "macro-F1 (%)", "noise multiplier (max site)",
+                    "ε spent (max site)", "seconds (ceiling: training; DP: whole fl-sim)", "commit"],
+                   [[r["seed"], r["subsample"], r["arm"], r["status"],
+                     fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
+                     fmt(100 * r["macro_f1"]) if r.get("macro_f1") is not None else "–",
+                     fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2),
+                     fmt(r.get("wall_seconds", r.get("train_seconds"))), r["run"]["commit"]] for r in d["rows"]])
+    return lines + [""] + [f"![plot]({p})" for p in plots]
+
+
+def dp_data_size_png(d: dict, out: Path, plt) -> list[str]:
+    summary = d.get("summary", [])
+    if not summary:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [s["records_per_site"] for s in summary]
+    ax.plot(x, [100 * s["ceiling_accuracy"] for s in summary], "o-", label="centralised, non-private (ceiling)")
+    ax.plot(x, [100 * s["dp_accuracy"] for s in summary], "s-",
+            label=f"federated DP, epsilon {d['setup']['epsilon_per_site']:g} per site")
+    for s in summary:
+        ax.annotate(f"gap {s['gap_points']:.1f}", (s["records_per_site"], 100 * s["dp_accuracy"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{n:,}" for n in x])
+    ax.minorticks_off()
+    ax.set_xlabel("training records per site (mean)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle("DP's cost against records per site (SST-2, Dirichlet 0.5)", fontsize=10)
+    footer(fig, d["header"])
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "dp_data_size.png", dpi=120)
+    plt.close(fig)
+    return ["dp_data_size.png"]
+
+
 def generic_md(d: dict, plots: list[str]) -> list[str]:
     """A benchmark without a section here: its own Markdown, else its rows as a table."""
     if isinstance(d.get("summary_md"), (str, list)):
@@ -472,6 +522,7 @@ SECTIONS = {
     "utility": ("Utility on real data", utility_md, utility_png),
     "head_features": ("What the classification head sees (DP diagnosis)", head_features_md, None),
     "dp_tuning": ("Choosing DP's batch size and learning rate (validation set)", dp_tuning_md, None),
+    "dp_data_size": ("DP's cost against records per site", dp_data_size_md, dp_data_size_png),
     "round_efficiency": ("Round efficiency in deployment", round_efficiency_md, round_efficiency_png),
     "scale": ("Simulation scale", scale_md, scale_png),
     "traffic": ("Bytes per site per round", traffic_md, traffic_png),
