@@ -5,14 +5,18 @@ site) trains on a 4,000-example subsample, about 900 records per site: a compute
 price shrinks with the records it protects - for the same epsilon, epochs and expected batch, a
 larger site samples a smaller share per step and needs a smaller noise multiplier - so the gap to
 the centralised ceiling depends on how much data a site has. This benchmark measures that: for each
-subsample size, the centralised non-private ceiling and the federated DP arm, side by side in one
-run, with the utility benchmark's own code, settings and test set (SST-2 dev; nothing is chosen
-from these scores).
+subsample size and partition, the centralised non-private ceiling, the federated non-private arm
+(what federation and skew cost without DP) and the federated DP arm, with the utility benchmark's
+own code, settings and test set (SST-2 dev; nothing is chosen from these scores). Under Dirichlet
+skew each size draws its own partition (site sizes and label mixes change with n), so IID is the
+partition that shows DP's cost against records per site alone.
 
     python bench/dp_data_size.py --profile quick|full [--out DIR] [--seeds 42] [--sizes 4000,16000]
+                                 [--partitions iid] [--arms centralised,federated,dp]
 
-With --seeds / --sizes only those (seed, size) pairs run; the pairs an earlier run of the same
-profile left in DIR/dp_data_size.json are kept, each row naming the commit and run that measured it.
+With --seeds / --sizes / --partitions / --arms only those runs happen; the rows an earlier run of
+the same profile left in DIR/dp_data_size.json are kept, each naming the commit and run that
+measured it, so a gap between arms from different runs is marked as such.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset
 from utility import (ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, centralised, federated, read_tsv, site_training_union,
                      stratified_subsample, write_tsv)
 
-PARTITION = "dirichlet"
+PARTITIONS = ["dirichlet", "iid"]  # the target's skew; IID shows DP's cost with equal, unskewed sites
+ARMS = {"centralised": "centralised", "federated": "federated", "dp": "federated DP"}  # --arms name: row's arm
 PROFILES = {
-    "quick": {"sizes": [200, 400], "seeds": [42], "rounds": 1, "local_epochs": 1, "batch_size": 16, "epsilon": 8.0},
+    "quick": {"sizes": [200, 400], "seeds": [42], "partitions": ["dirichlet"], "rounds": 1, "local_epochs": 1, "batch_size": 16, "epsilon": 8.0},
     # 4,000 is the utility benchmark's size; 16,000 gives each site about 3,600 records (x4 compute)
-    "full": {"sizes": [4000, 8000, 16000], "seeds": [42, 43, 44], "rounds": 5, "local_epochs": 1, "batch_size": 64,
+    "full": {"sizes": [4000, 8000, 16000], "seeds": [42, 43, 44], "partitions": PARTITIONS, "rounds": 5, "local_epochs": 1, "batch_size": 64,
              "epsilon": 8.0},
 }
 
@@ -37,21 +42,27 @@ PROFILES = {
 def summarise(rows: list[dict]) -> list[dict]:
     """Per size: mean ceiling, mean DP accuracy and the gap between them, paired by seed."""
     out = []
-    for size in sorted({r["subsample"] for r in rows}):
-        ok = [r for r in rows if r["subsample"] == size and r.get("status") == "ok"]
-        ceiling = {r["seed"]: r["accuracy"] for r in ok if r["arm"] == "centralised"}
-        dp = {r["seed"]: r["accuracy"] for r in ok if r["arm"] == "federated DP"}
+    for part, size in sorted({(r["partition"], r["subsample"]) for r in rows}):
+        ok = [r for r in rows if (r["partition"], r["subsample"]) == (part, size) and r.get("status") == "ok"]
+        by_arm = {arm: {r["seed"]: r for r in ok if r["arm"] == arm} for arm in ARMS.values()}
+        ceiling, fed, dp = by_arm["centralised"], by_arm["federated"], by_arm["federated DP"]
         paired = sorted(set(ceiling) & set(dp))
         if not paired:
             continue
-        gaps = [100 * (ceiling[s] - dp[s]) for s in paired]
-        out.append({"subsample": size, "seeds": paired,
-                    "records_per_site": round(statistics.fmean(
-                        r["train_examples"] / SITES for r in ok if r["arm"] == "federated DP" and r["seed"] in paired)),
-                    "ceiling_accuracy": round(statistics.fmean(ceiling[s] for s in paired), 4),
-                    "dp_accuracy": round(statistics.fmean(dp[s] for s in paired), 4),
+        gaps = [100 * (ceiling[s]["accuracy"] - dp[s]["accuracy"]) for s in paired]
+        fed_paired = [s for s in paired if s in fed]
+        out.append({"partition": part, "subsample": size, "seeds": paired,
+                    "records_per_site": round(statistics.fmean(dp[s]["train_examples"] / SITES for s in paired)),
+                    "ceiling_accuracy": round(statistics.fmean(ceiling[s]["accuracy"] for s in paired), 4),
+                    "dp_accuracy": round(statistics.fmean(dp[s]["accuracy"] for s in paired), 4),
                     "gap_points": round(statistics.fmean(gaps), 2),
-                    "gap_points_std": round(statistics.stdev(gaps), 2) if len(gaps) > 1 else None})
+                    "gap_points_std": round(statistics.stdev(gaps), 2) if len(gaps) > 1 else None,
+                    # the same run for both arms, or not: then the gap compares two runs
+                    "gap_one_run": all(ceiling[s]["run"] == dp[s]["run"] for s in paired),
+                    "federated_accuracy": round(statistics.fmean(fed[s]["accuracy"] for s in fed_paired), 4)
+                    if fed_paired and len(fed_paired) == len(paired) else None,
+                    "federated_gap_one_run": all(ceiling[s]["run"] == fed[s]["run"] for s in fed_paired)
+                    if fed_paired else None})
     return out
 
 
@@ -59,17 +70,23 @@ def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
     parser.add_argument("--sizes", default="", help="comma-separated subset of the profile's subsample sizes")
+    parser.add_argument("--partitions", default="", help="comma-separated subset of the profile's partitions")
+    parser.add_argument("--arms", default="", help=f"comma-separated subset of {', '.join(ARMS)}")
     args = parser.parse_args()
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
     sizes = [int(s) for s in subset(args.sizes, [str(n) for n in prof["sizes"]], "sizes", parser)]
+    parts = subset(args.partitions, prof["partitions"], "partitions", parser)
+    arms = [ARMS[a] for a in subset(args.arms, list(ARMS), "arms", parser)]
     header = bench_header("dp_data_size", args.profile, seeds)
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     texts, labels = read_tsv(DATA / DATASETS["sst2"][0])
     test = read_tsv(DATA / DATASETS["sst2"][1])
     label_set = tuple(sorted(set(labels)))
     rows, _ = earlier_rows(out_dir(args) / "dp_data_size.json", args.profile,
-                           lambda r: (r["seed"], r["subsample"]), {(s, n) for s in seeds for n in sizes})
+                           lambda r: (r["seed"], r["subsample"], r.get("partition", "dirichlet"), r["arm"]),
+                           {(s, n, q, a) for s in seeds for n in sizes for q in parts for a in arms})
+    rows = [{"partition": "dirichlet", **r} for r in rows]  # the first rows ran before IID was added
     epochs = prof["rounds"] * prof["local_epochs"]
 
     def save() -> Path:
@@ -77,7 +94,7 @@ def main() -> int:
             "header": header,
             "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA r=8 on query,value + classification head",
                       "dataset": "sst2", "test_file": str(DATA / DATASETS["sst2"][1]), "sites": SITES,
-                      "partition": PARTITION, "dirichlet_alpha": ALPHA, "epsilon_per_site": prof["epsilon"],
+                      "partitions": prof["partitions"], "dirichlet_alpha": ALPHA, "epsilon_per_site": prof["epsilon"],
                       "rounds": prof["rounds"], "local_epochs": prof["local_epochs"], "centralised_epochs": epochs,
                       "batch_size": prof["batch_size"], "max_length": MAX_LENGTH,
                       "subsampling": "seeded stratified subsample of SST-2 train per (seed, size), as in the utility "
@@ -94,27 +111,27 @@ def main() -> int:
                 keep = stratified_subsample(labels, size, seed)
                 sub_texts, sub_labels = [texts[i] for i in keep], [labels[i] for i in keep]
                 data_file = write_tsv(work / f"sst2-{size}-seed{seed}.tsv", sub_texts, sub_labels)
-                union = site_training_union(sub_labels, label_set, PARTITION, seed)
-                base = {"seed": seed, "subsample": size, "run": run}
-                log(f"dp_data_size: seed {seed}, subsample {size}: centralised, {len(union)} examples x {epochs} epochs")
-                row = {**base, "arm": "centralised", "epsilon": None}
-                try:
-                    row.update(status="ok", **centralised([sub_texts[i] for i in union], [sub_labels[i] for i in union],
-                                                         label_set, epochs, prof["batch_size"], seed, test))
-                except Exception as err:  # noqa: BLE001 - record it, go on with the DP arm
-                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
-                log(f"dp_data_size:   -> {row.get('accuracy')} acc ({row['status']})")
-                rows.append(row)
-                log(f"dp_data_size: seed {seed}, subsample {size}: federated DP epsilon {prof['epsilon']:g}")
-                row = {**base, "arm": "federated DP", "epsilon": prof["epsilon"]}
-                try:
-                    row.update(federated(data_file, label_set, PARTITION, prof["epsilon"], seed, run_prof, work, test,
-                                         name=f"dp-{size}-seed{seed}"))
-                except Exception as err:  # noqa: BLE001 - record it, go on with the next size
-                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
-                log(f"dp_data_size:   -> {row.get('accuracy')} acc, noise multiplier {row.get('noise_multiplier')} "
-                    f"({row['status']}, {row.get('wall_seconds')} s)")
-                rows.append(row)
+                for part, arm in ((q, a) for q in parts for a in arms):
+                    union = site_training_union(sub_labels, label_set, part, seed)
+                    base = {"seed": seed, "subsample": size, "partition": part, "run": run}
+                    eps = prof["epsilon"] if arm == "federated DP" else None
+                    log(f"dp_data_size: seed {seed}, subsample {size}, {part}: {arm}"
+                        + (f" epsilon {eps:g}" if eps else f", {len(union)} examples x {epochs} epochs"
+                           if arm == "centralised" else ""))
+                    row = {**base, "arm": arm, "epsilon": eps}
+                    try:
+                        if arm == "centralised":
+                            row.update(status="ok", **centralised(
+                                [sub_texts[i] for i in union], [sub_labels[i] for i in union], label_set, epochs,
+                                prof["batch_size"], seed, test))
+                        else:
+                            row.update(federated(data_file, label_set, part, eps, seed, run_prof, work, test,
+                                                 name=f"{part}-{'dp' if eps else 'nodp'}-{size}-seed{seed}"))
+                    except Exception as err:  # noqa: BLE001 - record it, go on with the other arms
+                        row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                    log(f"dp_data_size:   -> {row.get('accuracy')} acc ({row['status']}"
+                        + (f", noise multiplier {row.get('noise_multiplier')}" if eps else "") + ")")
+                    rows.append(row)
                 save()
     path = save()
     log(f"dp_data_size: wrote {path}")

@@ -454,20 +454,33 @@ def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
 
 def dp_data_size_md(d: dict, plots: list[str]) -> list[str]:
     setup = d["setup"]
-    lines = [f"{setup['model']}; {setup['dataset']}, {setup['sites']} sites, {setup['partition']} (alpha "
+    parts = ", ".join(setup.get("partitions", [setup.get("partition")]))
+    lines = [f"{setup['model']}; {setup['dataset']}, {setup['sites']} sites, partitions {parts} (Dirichlet alpha "
              f"{setup['dirichlet_alpha']}), {setup['rounds']} rounds x {setup['local_epochs']} local epoch(s) "
              f"(the ceiling: {setup['centralised_epochs']} epochs over the union); federated DP at epsilon "
              f"{setup['epsilon_per_site']:g} per site; {setup['dp']}. Scored on the test file {setup['test_file']}.",
-             "", "Gap = ceiling minus DP, in accuracy points, paired by seed:", ""]
-    lines += table(["subsample", "records per site (mean)", "ceiling acc (%)", "DP acc (%)", "gap (points)", "seeds"],
-                   [[s["subsample"], s["records_per_site"], fmt(100 * s["ceiling_accuracy"]),
-                     fmt(100 * s["dp_accuracy"]), fmt(s["gap_points"], 2)
+             "", "Gaps = the ceiling minus an arm, in accuracy points, paired by seed (* the two arms come from "
+             "different runs of this benchmark; otherwise from one):", ""]
+
+    def gap(points, one_run) -> str:
+        return "–" if points is None else fmt(points, 2) + ("" if one_run else " *")
+
+    rows = []
+    for s in d.get("summary", []):
+        fed = s.get("federated_accuracy")
+        fed_gap = None if fed is None else 100 * (s["ceiling_accuracy"] - fed)
+        rows.append([s.get("partition", "dirichlet"), s["subsample"], s["records_per_site"], fmt(100 * s["ceiling_accuracy"]),
+                     "–" if fed is None else fmt(100 * fed), fmt(100 * s["dp_accuracy"]),
+                     gap(fed_gap, s.get("federated_gap_one_run")),
+                     gap(s["gap_points"], s.get("gap_one_run", True))
                      + ("" if s["gap_points_std"] is None else f" ± {fmt(s['gap_points_std'], 2)}"),
-                     ", ".join(map(str, s["seeds"]))] for s in d.get("summary", [])])
+                     ", ".join(map(str, s["seeds"]))])
+    lines += table(["partition", "subsample", "records per site (mean)", "ceiling acc (%)", "federated acc (%)", "DP acc (%)",
+                    "gap: federated", "gap: DP", "seeds"], rows)
     lines += ["", "Every run:", ""]
-    lines += table(["seed", "subsample", "arm", "status", "accuracy (%)", "macro-F1 (%)", "noise multiplier (max site)",
+    lines += table(["seed", "partition", "subsample", "arm", "status", "accuracy (%)", "macro-F1 (%)", "noise multiplier (max site)",
                     "ε spent (max site)", "seconds (ceiling: training; DP: whole fl-sim)", "commit"],
-                   [[r["seed"], r["subsample"], r["arm"], r["status"],
+                   [[r["seed"], r.get("partition", "dirichlet"), r["subsample"], r["arm"], r["status"],
                      fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
                      fmt(100 * r["macro_f1"]) if r.get("macro_f1") is not None else "–",
                      fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2),
@@ -479,22 +492,29 @@ def dp_data_size_png(d: dict, out: Path, plt) -> list[str]:
     summary = d.get("summary", [])
     if not summary:
         return []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = [s["records_per_site"] for s in summary]
-    ax.plot(x, [100 * s["ceiling_accuracy"] for s in summary], "o-", label="centralised, non-private (ceiling)")
-    ax.plot(x, [100 * s["dp_accuracy"] for s in summary], "s-",
-            label=f"federated DP, epsilon {d['setup']['epsilon_per_site']:g} per site")
-    for s in summary:
-        ax.annotate(f"gap {s['gap_points']:.1f}", (s["records_per_site"], 100 * s["dp_accuracy"]),
-                    textcoords="offset points", xytext=(4, -12), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xticks(x, [f"{n:,}" for n in x])
-    ax.minorticks_off()
-    ax.set_xlabel("training records per site (mean)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.suptitle("DP's cost against records per site (SST-2, Dirichlet 0.5)", fontsize=10)
+    parts = list(dict.fromkeys(s.get("partition", "dirichlet") for s in summary))
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.2), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        mine = [s for s in summary if s.get("partition", "dirichlet") == part]
+        x = [s["records_per_site"] for s in mine]
+        ax.plot(x, [100 * s["ceiling_accuracy"] for s in mine], "o-", label="centralised, non-private (ceiling)")
+        fed = [(s["records_per_site"], 100 * s["federated_accuracy"]) for s in mine if s.get("federated_accuracy")]
+        if fed:
+            ax.plot(*zip(*fed), "^--", label="federated, non-private")
+        ax.plot(x, [100 * s["dp_accuracy"] for s in mine], "s-",
+                label=f"federated DP, epsilon {d['setup']['epsilon_per_site']:g} per site")
+        for s in mine:
+            ax.annotate(f"DP gap {s['gap_points']:.1f}", (s["records_per_site"], 100 * s["dp_accuracy"]),
+                        textcoords="offset points", xytext=(4, -12), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{n:,}" for n in x])
+        ax.minorticks_off()
+        ax.set_xlabel("training records per site (mean)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(part, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("DP's cost against records per site (SST-2)", fontsize=10)
     footer(fig, d["header"])
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out / "dp_data_size.png", dpi=120)

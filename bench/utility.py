@@ -176,7 +176,11 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
               "rounds_completed": sum(r["status"] == "ok" for r in rounds),
               # what each site reported it trained on, summed over sites and rounds
               "example_passes": sum(f["examples"] for f in fits) * prof["local_epochs"],
-              "train_examples": sum(f["examples"] for f in rounds[0].get("fit", {}).values()) if rounds else 0}
+              "train_examples": sum(f["examples"] for f in rounds[0].get("fit", {}).values()) if rounds else 0,
+              # for diagnosis: each site's training records, and each round's accuracy on the sites'
+              # own held-out splits (Flower's federated evaluation), pooled
+              "site_examples": {n: f["examples"] for n, f in sorted(rounds[0].get("fit", {}).items())} if rounds else {},
+              "round_accuracy": [round(r["accuracy"], 4) for r in rounds if r.get("accuracy") is not None]}
     if epsilon is not None:
         dp = [f for f in fits if f.get("dp")]
         result["epsilon_spent_max"] = round(max((f["epsilon"] for f in dp), default=float("nan")), 3)
