@@ -469,7 +469,7 @@ def dp_data_size_md(d: dict, plots: list[str]) -> list[str]:
     for s in d.get("summary", []):
         fed = s.get("federated_accuracy")
         fed_gap = None if fed is None else 100 * (s["ceiling_accuracy"] - fed)
-        rows.append([s.get("partition", "dirichlet"), s["subsample"], s["records_per_site"], fmt(100 * s["ceiling_accuracy"]),
+        rows.append([s.get("partition", "dirichlet"), fmt(s["subsample"]), fmt(s["records_per_site"]), fmt(100 * s["ceiling_accuracy"]),
                      "–" if fed is None else fmt(100 * fed), fmt(100 * s["dp_accuracy"]),
                      gap(fed_gap, s.get("federated_gap_one_run")),
                      gap(s["gap_points"], s.get("gap_one_run", True))
