@@ -1,4 +1,4 @@
-"""How DP's cost in accuracy falls as each site holds more records.
+"""How DP's cost in accuracy changes as each site holds more records.
 
 The utility benchmark's target arm (SST-2, 4 sites, Dirichlet alpha = 0.5, DP-SGD at epsilon 8 per
 site) trains on a 4,000-example subsample, about 900 records per site: a compute choice. DP-SGD's
@@ -32,15 +32,17 @@ from utility import (ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, centralised, fede
 PARTITIONS = ["dirichlet", "iid"]  # the target's skew; IID shows DP's cost with equal, unskewed sites
 ARMS = {"centralised": "centralised", "federated": "federated", "dp": "federated DP"}  # --arms name: row's arm
 PROFILES = {
-    "quick": {"sizes": [200, 400], "seeds": [42], "partitions": ["dirichlet"], "rounds": 1, "local_epochs": 1, "batch_size": 16, "epsilon": 8.0},
+    "quick": {"sizes": [200, 400], "seeds": [42], "partitions": ["dirichlet"], "rounds": 1, "local_epochs": 1,
+              "batch_size": 16, "epsilon": 8.0},
     # 4,000 is the utility benchmark's size; 16,000 gives each site about 3,600 records (x4 compute)
-    "full": {"sizes": [4000, 8000, 16000], "seeds": [42, 43, 44], "partitions": PARTITIONS, "rounds": 5, "local_epochs": 1, "batch_size": 64,
-             "epsilon": 8.0},
+    "full": {"sizes": [4000, 8000, 16000], "seeds": [42, 43, 44], "partitions": PARTITIONS, "rounds": 5,
+             "local_epochs": 1, "batch_size": 64, "epsilon": 8.0},
 }
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per size: mean ceiling, mean DP accuracy and the gap between them, paired by seed."""
+    """Per (partition, size): mean ceiling, federated and DP accuracy, and DP's gap to the ceiling
+    paired by seed."""
     out = []
     for part, size in sorted({(r["partition"], r["subsample"]) for r in rows}):
         ok = [r for r in rows if (r["partition"], r["subsample"]) == (part, size) and r.get("status") == "ok"]
