@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
-from utility import (ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, centralised, federated, read_tsv, site_training_union,
+from utility import (ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, measure_arm, read_tsv, site_training_union,
                      stratified_subsample, write_tsv)
 
 PARTITIONS = ["dirichlet", "iid"]  # the target's skew; IID shows DP's cost with equal, unskewed sites
@@ -105,7 +105,6 @@ def main() -> int:
                             "clipping 1.0, PRV accountant (FedSilo defaults)"},
             "rows": rows, "summary": summarise(rows)})
 
-    run_prof = {k: prof[k] for k in ("rounds", "local_epochs", "batch_size")}
     with tempfile.TemporaryDirectory(prefix="bench-dp-data-size-") as work:
         work = Path(work)
         for seed in seeds:
@@ -120,17 +119,9 @@ def main() -> int:
                     log(f"dp_data_size: seed {seed}, subsample {size}, {part}: {arm}"
                         + (f" epsilon {eps:g}" if eps else f", {len(union)} examples x {epochs} epochs"
                            if arm == "centralised" else ""))
-                    row = {**base, "arm": arm, "epsilon": eps}
-                    try:
-                        if arm == "centralised":
-                            row.update(status="ok", **centralised(
-                                [sub_texts[i] for i in union], [sub_labels[i] for i in union], label_set, epochs,
-                                prof["batch_size"], seed, test))
-                        else:
-                            row.update(federated(data_file, label_set, part, eps, seed, run_prof, work, test,
-                                                 name=f"{part}-{'dp' if eps else 'nodp'}-{size}-seed{seed}"))
-                    except Exception as err:  # noqa: BLE001 - record it, go on with the other arms
-                        row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                    row = {**base, "arm": arm, "epsilon": eps,
+                           **measure_arm(arm, eps, sub_texts, sub_labels, union, data_file, label_set, part, seed,
+                                         prof, work, test, name=f"{part}-{'dp' if eps else 'nodp'}-{size}-seed{seed}")}
                     log(f"dp_data_size:   -> {row.get('accuracy')} acc ({row['status']}"
                         + (f", noise multiplier {row.get('noise_multiplier')}" if eps else "") + ")")
                     rows.append(row)

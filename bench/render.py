@@ -29,8 +29,13 @@ def provenance(h: dict | None) -> str:
             + (f" · load avg {load[0]:.1f}" if load else ""))
 
 
-def footer(fig, h: dict | None) -> None:
+def save_figure(fig, h: dict | None, out: Path, name: str, plt) -> list[str]:
+    """Sign the figure with its provenance, write out/name and close it; the plots list for the section."""
     fig.text(0.01, 0.005, provenance(h), fontsize=6.5, color="0.3", ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return [name]
 
 
 def fmt(x, digits: int = 1) -> str:
@@ -149,11 +154,7 @@ def utility_png(d: dict, out: Path, plt) -> list[str]:
         ax.set_title(dataset)
         ax.legend(fontsize=8)
     fig.suptitle("Utility: centralised ceiling, federated, federated DP (error bars: std over seeds)", fontsize=9)
-    footer(fig, d["header"])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "utility.png", dpi=120)
-    plt.close(fig)
-    return ["utility.png"]
+    return save_figure(fig, d["header"], out, "utility.png", plt)
 
 
 # ----------------------------------------------------------------------------------------- scale
@@ -206,11 +207,7 @@ def scale_png(d: dict, out: Path, plt) -> list[str]:
     a.set_yscale("log")
     b.set_ylim(bottom=0)
     fig.suptitle("Simulation scale: one round, tiny BERT", fontsize=10)
-    footer(fig, d["header"])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "scale.png", dpi=120)
-    plt.close(fig)
-    return ["scale.png"]
+    return save_figure(fig, d["header"], out, "scale.png", plt)
 
 
 # --------------------------------------------------------------------------------------- traffic
@@ -255,11 +252,7 @@ def traffic_png(d: dict, out: Path, plt) -> list[str]:
     ax.set_ylabel("bytes per site in one round")
     ax.legend(fontsize=8)
     ax.set_title(f"Bytes on the wire per site per round ({d['setup']['model']})", fontsize=10)
-    footer(fig, d["header"])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "traffic.png", dpi=120)
-    plt.close(fig)
-    return ["traffic.png"]
+    return save_figure(fig, d["header"], out, "traffic.png", plt)
 
 
 # ------------------------------------------------------------------------------ round_efficiency
@@ -324,11 +317,7 @@ def round_efficiency_png(d: dict, out: Path, plt) -> list[str]:
     ax.set_ylabel("seconds (mean over sites)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Where a deployment round's time goes", fontsize=10)
-    footer(fig, d["header"])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "round_efficiency.png", dpi=120)
-    plt.close(fig)
-    return ["round_efficiency.png"]
+    return save_figure(fig, d["header"], out, "round_efficiency.png", plt)
 
 
 # ---------------------------------------------------------------------- dp_speed, secagg_overhead
@@ -360,11 +349,7 @@ def dp_speed_png(d: dict, out: Path, plt) -> list[str]:
     ax.set_ylabel("training samples / s")
     ax.legend(fontsize=8)
     ax.set_title("Local training speed: non-private vs DP, LoRA vs full", fontsize=10)
-    footer(fig, d.get("header"))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "dp_speed.png", dpi=120)
-    plt.close(fig)
-    return ["dp_speed.png"]
+    return save_figure(fig, d.get("header"), out, "dp_speed.png", plt)
 
 
 def secagg_overhead_md(d: dict, plots: list[str]) -> list[str]:
@@ -396,11 +381,7 @@ def secagg_overhead_png(d: dict, out: Path, plt) -> list[str]:
     ax.set_ylabel("round seconds")
     ax.legend(fontsize=8)
     ax.set_title("SecAgg+ round-time overhead (fl-sim, tiny BERT)", fontsize=10)
-    footer(fig, d.get("header"))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "secagg_overhead.png", dpi=120)
-    plt.close(fig)
-    return ["secagg_overhead.png"]
+    return save_figure(fig, d.get("header"), out, "secagg_overhead.png", plt)
 
 
 # ------------------------------------------------------------------------------- anything else
@@ -515,11 +496,7 @@ def dp_data_size_png(d: dict, out: Path, plt) -> list[str]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("DP's cost against records per site (SST-2)", fontsize=10)
-    footer(fig, d["header"])
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "dp_data_size.png", dpi=120)
-    plt.close(fig)
-    return ["dp_data_size.png"]
+    return save_figure(fig, d["header"], out, "dp_data_size.png", plt)
 
 
 def generic_md(d: dict, plots: list[str]) -> list[str]:

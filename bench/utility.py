@@ -191,6 +191,21 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
     return result
 
 
+def measure_arm(arm: str, epsilon: float | None, texts: list[str], labels: list[str], union: np.ndarray,
+                data_file: Path, label_set: tuple[str, ...], partition_scheme: str, seed: int, prof: dict,
+                work: Path, test: tuple[list[str], list[str]], name: str = "") -> dict:
+    """One arm of a group: the centralised ceiling over the sites' training union, or an fl-sim run
+    of `data_file`. A failure (e.g. an unreadable final model) is recorded, so the other arms go on."""
+    try:
+        if arm == "centralised":
+            return {"status": "ok", **centralised([texts[i] for i in union], [labels[i] for i in union], label_set,
+                                                  prof["rounds"] * prof["local_epochs"], prof["batch_size"], seed,
+                                                  test)}
+        return federated(data_file, label_set, partition_scheme, epsilon, seed, prof, work, test, name=name)
+    except Exception as err:  # noqa: BLE001 - record it, go on with the other arms
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
 def mean_std(values: list[float]) -> dict:
     std = round(statistics.stdev(values), 4) if len(values) > 1 else None
     return {"mean": round(statistics.fmean(values), 4), "std": std, "n": len(values)}
@@ -273,22 +288,16 @@ def main() -> int:
                     base = {"dataset": dataset, "partition": part, "seed": seed, "run": run}
                     union = site_training_union(sub_labels, label_set, part, seed)
                     log(f"utility: {dataset} seed {seed} {part}: centralised, {len(union)} examples x {epochs} epochs")
-                    row = {**base, "arm": "centralised", "epsilon": None}
-                    try:
-                        row.update(status="ok", **centralised(
-                            [sub_texts[i] for i in union], [sub_labels[i] for i in union], label_set, epochs,
-                            prof["batch_size"], seed, test))
-                    except Exception as err:  # noqa: BLE001 - record it, go on with the other arms
-                        row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                    row = {**base, "arm": "centralised", "epsilon": None,
+                           **measure_arm("centralised", None, sub_texts, sub_labels, union, data_file, label_set,
+                                         part, seed, prof, work, test)}
                     log(f"utility:   -> {row.get('accuracy')} acc, {row.get('macro_f1')} macro-F1 ({row['status']})")
                     rows.append(row)
                     for arm, eps in prof["arms"]:
                         log(f"utility: {dataset} seed {seed} {part}: {arm}" + (f" epsilon {eps:g}" if eps else ""))
-                        row = {**base, "arm": arm, "epsilon": eps}
-                        try:
-                            row.update(federated(data_file, label_set, part, eps, seed, prof, work, test))
-                        except Exception as err:  # noqa: BLE001 - e.g. an unreadable final model: record, go on
-                            row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                        row = {**base, "arm": arm, "epsilon": eps,
+                               **measure_arm(arm, eps, sub_texts, sub_labels, union, data_file, label_set, part,
+                                             seed, prof, work, test)}
                         log(f"utility:   -> {row.get('accuracy')} acc, {row.get('macro_f1')} macro-F1 "
                             f"({row['status']}, {row.get('wall_seconds')} s)")
                         rows.append(row)
