@@ -84,6 +84,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("trim-fraction", float, 0.2, "trimmed-mean: share of updates cut at each end, per value.",
            minimum=0.0, maximum=0.49),
     Option("byzantine-sites", int, 1, "krum: how many sites may be malicious.", minimum=0, maximum=100_000),
+    Option("server-learning-rate", float, 1.0, "Server step: the global model moves by this times the "
+           "sites' mean update (with server-momentum, times the momentum buffer); 1 = plain FedAvg.",
+           minimum=1e-3, maximum=100.0),
+    Option("server-momentum", float, 0.0, "Server momentum (FedAvgM): each round's step is the sites' mean "
+           "update plus this times the previous step; 0 = plain FedAvg. It reads only the aggregate, so "
+           "secure aggregation and the sites' DP guarantees hold as they are.", minimum=0.0, maximum=0.99),
     Option("max-update-norm", float, 0.0, "L2 bound on one site's update (the change it sends); "
            "a site does not send a larger one and the server (plain aggregation) rejects it; "
            "0 = no bound. Non-finite values, wrong shapes and wrong dtypes are always refused.",
@@ -161,6 +167,8 @@ class RunConfig:
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
     byzantine_sites: int = 1
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
     max_update_norm: float = 0.0
     sim_data: str = ""
     partition: str = "iid"

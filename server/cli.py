@@ -53,7 +53,8 @@ COMMANDS = ("init", "enroll", "run", "resume")
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
              "learning-rate", "head-learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",
-             "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "max-update-norm")
+             "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "server-learning-rate",
+             "server-momentum", "max-update-norm")
 
 
 def build_parser() -> argparse.ArgumentParser:

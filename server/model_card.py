@@ -46,7 +46,7 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
                        + "; the head is linear, on the mean of the last hidden states"),
         ("Training", f"{len(summary.get('rounds_completed', []))} of {summary.get('rounds_planned')} federated "
                      f"rounds completed (run {summary.get('run_id')}); failed rounds: "
-                     f"{summary.get('rounds_failed') or 'none'}."),
+                     f"{summary.get('rounds_failed') or 'none'}; server step: {server_step(cfg)}."),
         ("Sites (names and record counts only) and PII redaction (placeholders inserted, by type)",
          (["site", "records", "redactions"], site_rows)),
         ("Differential privacy, per site", list(summary.get("privacy", {}).values()) or ["no site trained"]),
@@ -69,6 +69,13 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
         ("Known limitations", LIMITATIONS),
     ]
     return sections
+
+
+def server_step(cfg: RunConfig) -> str:
+    rule = "FedAvg (weighted mean)" if cfg.aggregation == "fedavg" else cfg.aggregation
+    if cfg.server_momentum:
+        rule += f" with server momentum {cfg.server_momentum:g}"
+    return rule + (f", server learning rate {cfg.server_learning_rate:g}" if cfg.server_learning_rate != 1.0 else "")
 
 
 def write_model_card(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict]) -> None:

@@ -4,6 +4,7 @@
     labels.json            class id -> label name
     metrics.jsonl          one JSON line per round (accuracy, macro-F1, per-site figures)
     rounds/round-NNNN.npz  global trainable weights after round N
+    rounds/momentum-NNNN.npz  the server's momentum buffer after round N (server-momentum > 0)
     reports/round-NNNN.json / report.txt   per-class reports, whole federation and per site
     final-model/           the final global model (common.model.load_classifier loads it)
     state.json             checkpoint after every round: rounds done, strategy state (resume)
@@ -57,13 +58,19 @@ class RunDir:
         atomic_write_json(self.path / "config.json", resolved(cfg))
         atomic_write_json(self.path / "labels.json", dict(enumerate(cfg.labels)))
 
-    def save_round_weights(self, server_round: int, weights: list[np.ndarray]) -> None:
+    def save_round_weights(self, server_round: int, weights: list[np.ndarray], kind: str = "round") -> None:
         buf = io.BytesIO()
         np.savez(buf, *weights)
-        atomic_write_bytes(self.path / "rounds" / f"round-{server_round:04d}.npz", buf.getvalue())
+        atomic_write_bytes(self.path / "rounds" / f"{kind}-{server_round:04d}.npz", buf.getvalue())
 
-    def load_round_weights(self, server_round: int) -> list[np.ndarray]:
-        path = self.path / "rounds" / f"round-{server_round:04d}.npz"
+    def save_round_momentum(self, server_round: int, momentum: list[np.ndarray]) -> None:
+        self.save_round_weights(server_round, momentum, kind="momentum")
+
+    def load_round_momentum(self, server_round: int) -> list[np.ndarray]:
+        return self.load_round_weights(server_round, kind="momentum")
+
+    def load_round_weights(self, server_round: int, kind: str = "round") -> list[np.ndarray]:
+        path = self.path / "rounds" / f"{kind}-{server_round:04d}.npz"
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return [npz[f"arr_{i}"] for i in range(len(npz.files))]

@@ -1,7 +1,8 @@
 """FedSilo's strategy: FedAvg over the sites' deltas, with every round written down.
 
 Sites send `new - old` of the trainable tensors. FedAvg's weighted average of those deltas
-(or, under secure aggregation, the one already-summed result) is added to the global model.
+(or, under secure aggregation, the one already-summed result) is added to the global model,
+scaled by server-learning-rate and, with server-momentum, through a momentum buffer (FedAvgM).
 Without secure aggregation every update is validated first (common/updates.py) and a robust
 rule from Flower (trimmed mean, median, Krum) may replace the mean.
 
@@ -86,6 +87,10 @@ class FedSiloStrategy(FedAvg):
             self.completed_rounds = [int(r) for r in resumed["completed_rounds"]]
             self.failed_rounds = {int(r): str(v) for r, v in resumed["failed_rounds"].items()}
             self.site_privacy = dict(resumed["site_privacy"])
+        # FedAvgM's buffer: the last step (before server-learning-rate); saved with each round's weights
+        self.momentum: list[np.ndarray] | None = None
+        if resumed and cfg.server_momentum and self.completed_rounds:
+            self.momentum = run_dir.load_round_momentum(max(self.completed_rounds))
 
     def checkpoint(self, last_round: int) -> None:
         """Rounds up to `last_round` are closed: their global weights are in rounds/ already."""
@@ -196,7 +201,10 @@ class FedSiloStrategy(FedAvg):
             self.failed_rounds[server_round] = f"aggregate refused: {problem}"
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, problem)
             return None, {}
-        self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, deltas)]
+        step = self._server_step(deltas)
+        self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, step)]
+        if self.momentum is not None:  # before the weights: a resume needs both of a completed round
+            self.run_dir.save_round_momentum(server_round, self.momentum)
         self.run_dir.save_round_weights(server_round, self.global_weights)
         self.completed_rounds.append(server_round)
         return ndarrays_to_parameters(pack(self.global_weights)), {}
@@ -232,6 +240,20 @@ class FedSiloStrategy(FedAvg):
         if rule == "trimmed-mean":
             return aggregate_trimmed_avg(updates, self.cfg.trim_fraction)
         return aggregate_krum(updates, self.cfg.byzantine_sites, 0)
+
+    def _server_step(self, deltas: list[np.ndarray]) -> list[np.ndarray]:
+        """What the global model moves by: server-learning-rate times the mean delta or, with
+        server-momentum (FedAvgM, Hsu et al. 2019), times momentum * previous step + mean delta.
+        Momentum averages the sites' independent DP noise over rounds while their common
+        direction adds up. It reads only the aggregate: post-processing of what SecAgg+ reveals."""
+        if self.cfg.server_momentum:
+            fresh = [d.astype(np.float32) for d in deltas]
+            self.momentum = fresh if self.momentum is None else [
+                self.cfg.server_momentum * m + d for m, d in zip(self.momentum, fresh)]
+            deltas = self.momentum
+        if self.cfg.server_learning_rate == 1.0:
+            return deltas
+        return [self.cfg.server_learning_rate * d for d in deltas]
 
     def _audit_round(self, server_round: int, record: dict) -> None:
         fit = record.get("fit", {})

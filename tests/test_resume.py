@@ -22,7 +22,9 @@ ROUNDS = 3
 def server_args(tiny_model, port, run_dir):
     return ["--insecure", "--port", port, "--run-dir", run_dir, "--labels", LABELS, "--model", tiny_model,
             "--rounds", ROUNDS, "--trainable", "full", "--learning-rate", 3e-3, "--local-epochs", 2,
-            "--batch-size", 16, "--no-secure-aggregation", "--round-timeout", 300]
+            "--batch-size", 16, "--no-secure-aggregation", "--round-timeout", 300,
+            # server momentum: its buffer must survive the kill too, or round 2's step differs
+            "--server-momentum", 0.5]
 
 
 def start_sites(demo_dir, tmp_path, port, tag, logs):

@@ -58,6 +58,7 @@ def test_three_virtual_sites_learn_the_task(tiny_model, demo_dir, tmp_path):
                     "## Secure aggregation", "## Per-class metrics", "## Per-site metrics", "## Audit",
                     "## Known limitations"):
         assert heading in card
+    assert "server step: FedAvg (weighted mean)." in card
     assert summary["audit_head"] in card and (run_dir / "model_card.html").read_text().startswith("<!doctype html>")
 
     pred = run_cli("fl-predict", run_dir, "--text", "my debit card was declined at the shop",

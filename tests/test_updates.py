@@ -183,3 +183,41 @@ def test_checkpoint_and_resume_point(tmp_path):
     (run_dir.path / "state.json").write_text('{"last_round": ')
     with pytest.raises(FedSiloError, match="state.json is damaged"):
         run_dir.resume_point(cfg)
+
+
+def test_server_momentum_steps_and_resumes(tmp_path):
+    # FedAvgM: step_t = lr * (m * step_{t-1}/lr + mean delta_t); here both sites send the same
+    # delta each round, so the mean is that delta.
+    deltas = [honest(1), honest(2), honest(3)]
+    strategy = make_strategy(tmp_path, rounds=3, **{"server-momentum": 0.5, "server-learning-rate": 2.0})
+    for rnd, delta in enumerate(deltas[:2], 1):
+        strategy.round_record = {"round": rnd}
+        strategy.aggregate_fit(rnd, [fit_result(1, delta), fit_result(2, delta)], [])
+        strategy.checkpoint(rnd)
+    expected_buffer = [0.5 * a + b for a, b in zip(*deltas[:2])]
+    expected = [2.0 * (a + m) for a, m in zip(deltas[0], expected_buffer)]
+    for got, want in zip(strategy.global_weights, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    # A coordinator restarted after round 2 takes the buffer from the run directory and makes
+    # the same third step as the uninterrupted strategy.
+    state = strategy.run_dir.resume_point(strategy.cfg)
+    resumed = FedSiloStrategy(strategy.cfg, strategy.run_dir, strategy.run_dir.load_round_weights(2),
+                              strategy.audit, state)
+    for s in (strategy, resumed):
+        s.round_record = {"round": 3}
+        s.aggregate_fit(1 if s is resumed else 3, [fit_result(1, deltas[2])], [])
+    for got, want in zip(resumed.global_weights, strategy.global_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    (strategy.run_dir.path / "rounds" / "momentum-0003.npz").unlink()
+    with pytest.raises(FedSiloError, match="momentum-0003.npz is missing"):
+        FedSiloStrategy(strategy.cfg, strategy.run_dir, strategy.global_weights, strategy.audit,
+                        {**state, "last_round": 3, "completed_rounds": [1, 2, 3]})
+
+
+def test_server_momentum_works_under_secure_aggregation():
+    # It reads only the aggregate, so unlike the robust rules it needs no single updates.
+    cfg = RunConfig.from_dict({"labels": "a,b", "server-momentum": 0.9})
+    assert cfg.secure_aggregation and cfg.server_momentum == 0.9
+    with pytest.raises(FedSiloError, match="server-momentum"):
+        RunConfig.from_dict({"labels": "a,b", "server-momentum": 1.0})
