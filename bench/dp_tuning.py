@@ -11,6 +11,9 @@ benchmark's test set, is never read here, so the defaults chosen from this table
 
     python bench/dp_tuning.py --profile quick|full [--out DIR] [--seeds 43,44] [--configs 64:0.003:0.03,...]
 
+A configuration may also set the server's step (server-learning-rate, server-momentum: FedAvgM),
+which works on the aggregate alone and so leaves every site's DP guarantee as it is.
+
 With --seeds / --configs only those (seed, configuration) pairs run; the rows an earlier run of
 the same profile left in DIR/dp_tuning.json are kept, each naming the commit and run that measured it.
 """
@@ -28,8 +31,9 @@ from common.config import OPTIONS_BY_KEY  # noqa: E402 - harness puts the reposi
 from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
 
 # (expected batch size, learning rate of the LoRA adapters, learning rate of the head[, LoRA rank,
-# LoRA target modules]); the LoRA settings default to FedSilo's own
-LORA_DEFAULT = (OPTIONS_BY_KEY["lora-r"].default, OPTIONS_BY_KEY["lora-targets"].default)
+# LoRA target modules[, server learning rate, server momentum]]); the rest default to FedSilo's own
+TAIL_KEYS = ("lora-r", "lora-targets", "server-learning-rate", "server-momentum")
+TAIL_DEFAULT = tuple(OPTIONS_BY_KEY[key].default for key in TAIL_KEYS)
 PROFILES = {
     "quick": {"train_examples": 400, "validation_examples": 200, "seeds": [42], "rounds": 1, "local_epochs": 1,
               "epsilon": 8.0, "configs": [(32, 3e-3, 3e-2), (64, 6e-3, 3e-2)]},
@@ -38,7 +42,11 @@ PROFILES = {
              "configs": [(64, 3e-3, 3e-2), (128, 3e-3, 3e-2), (128, 6e-3, 3e-2), (256, 6e-3, 3e-2),
                          # fewer trainable values, so less noise per useful coordinate
                          (64, 3e-3, 3e-2, 4, "value"),
-                         (256, 1e-2, 5e-2)]},
+                         (256, 1e-2, 5e-2),
+                         # server momentum: averages the sites' independent noise over rounds
+                         (64, 3e-3, 3e-2, 8, "query,value", 1.0, 0.5),
+                         (64, 3e-3, 3e-2, 8, "query,value", 1.0, 0.9),
+                         (64, 3e-3, 3e-2, 8, "query,value", 2.0, 0.0)]},
 }
 PARTITION = "dirichlet"
 
@@ -50,17 +58,20 @@ def validation_indices(labels: list[str], used: np.ndarray, n: int, seed: int) -
 
 
 def full_config(config: tuple) -> tuple:
-    return tuple(config) + LORA_DEFAULT[len(config) - 3:]
+    return tuple(config) + TAIL_DEFAULT[len(config) - 3:]
 
 
 def row_config(row: dict) -> tuple:
+    """A row's configuration; rows from before an option was varied ran at its default."""
     return (row["batch_size"], row["learning_rate"], row["head_learning_rate"],
-            row.get("lora_r", LORA_DEFAULT[0]), row.get("lora_targets", LORA_DEFAULT[1]))
+            *(row.get(key.replace("-", "_"), default) for key, default in zip(TAIL_KEYS, TAIL_DEFAULT)))
 
 
-def config_name(batch: int, lr: float, head_lr: float, lora_r: int, lora_targets: str) -> str:
-    lora = "" if (lora_r, lora_targets) == LORA_DEFAULT else f":r{lora_r}:{lora_targets.replace(',', '+')}"
-    return f"{batch}:{lr:g}:{head_lr:g}{lora}"
+def config_name(batch: int, lr: float, head_lr: float, lora_r: int, lora_targets: str,
+                server_lr: float, server_momentum: float) -> str:
+    lora = "" if (lora_r, lora_targets) == TAIL_DEFAULT[:2] else f":r{lora_r}:{lora_targets.replace(',', '+')}"
+    server = "" if (server_lr, server_momentum) == TAIL_DEFAULT[2:] else f":s{server_lr:g}:m{server_momentum:g}"
+    return f"{batch}:{lr:g}:{head_lr:g}{lora}{server}"
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -71,6 +82,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         if accs:
             out.append({"batch_size": key[0], "learning_rate": key[1], "head_learning_rate": key[2],
                         "lora_r": key[3], "lora_targets": key[4],
+                        "server_learning_rate": key[5], "server_momentum": key[6],
                         "seeds": sorted(accs), "accuracy_mean": round(statistics.fmean(accs.values()), 4),
                         "accuracy_std": round(statistics.stdev(accs.values()), 4) if len(accs) > 1 else None})
     return out
@@ -80,7 +92,8 @@ def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
     parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations, "
-                                                       "each BATCH:LR:HEAD_LR[:rRANK:TARGET+TARGET]")
+                                                       "each BATCH:LR:HEAD_LR[:rRANK:TARGET+TARGET]"
+                                                       "[:sSERVER_LR:mSERVER_MOMENTUM]")
     args = parser.parse_args()
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
@@ -98,7 +111,7 @@ def main() -> int:
         return write_result(out_dir(args), "dp_tuning", {
             "header": header,
             "setup": {"model": "all-MiniLM-L6-v2 (embedded), LoRA (rank and targets per configuration) + "
-                               "classification head",
+                               "classification head; server step per configuration (FedAvg by default)",
                       "dataset": "sst2", "sites": SITES, "partition": PARTITION, "dirichlet_alpha": ALPHA,
                       "epsilon_per_site": prof["epsilon"], "rounds": prof["rounds"],
                       "local_epochs": prof["local_epochs"], "train_examples": prof["train_examples"],
@@ -117,17 +130,21 @@ def main() -> int:
             validation = ([texts[i] for i in val], [labels[i] for i in val])
             data_file = write_tsv(work / f"sst2-seed{seed}.tsv", [texts[i] for i in keep], [labels[i] for i in keep])
             run_prof = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"]}
-            for batch, lr, head_lr, lora_r, lora_targets in configs:
-                name = config_name(batch, lr, head_lr, lora_r, lora_targets)
+            for config in configs:
+                batch, lr, head_lr, lora_r, lora_targets, server_lr, server_momentum = config
+                name = config_name(*config)
                 log(f"dp_tuning: seed {seed}: expected batch {batch}, lr {lr:g}, head lr {head_lr:g}, "
-                    f"LoRA rank {lora_r} on {lora_targets}")
+                    f"LoRA rank {lora_r} on {lora_targets}, server lr {server_lr:g}, momentum {server_momentum:g}")
                 row = {"seed": seed, "batch_size": batch, "learning_rate": lr, "head_learning_rate": head_lr,
-                       "lora_r": lora_r, "lora_targets": lora_targets, "run": run}
+                       "lora_r": lora_r, "lora_targets": lora_targets, "server_learning_rate": server_lr,
+                       "server_momentum": server_momentum, "run": run}
                 try:
                     row.update(federated(data_file, label_set, PARTITION, prof["epsilon"], seed,
                                          {**run_prof, "batch_size": batch}, work, validation,
                                          extra=("--learning-rate", str(lr), "--head-learning-rate", str(head_lr),
-                                                "--lora-r", str(lora_r), "--lora-targets", lora_targets),
+                                                "--lora-r", str(lora_r), "--lora-targets", lora_targets,
+                                                "--server-learning-rate", str(server_lr),
+                                                "--server-momentum", str(server_momentum)),
                                          name=f"{name.replace(':', '_').replace('+', '_')}-seed{seed}"))
                 except Exception as err:  # noqa: BLE001 - record it, go on with the other configurations
                     row.update(status="failed", error=f"{type(err).__name__}: {err}")

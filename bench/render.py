@@ -416,18 +416,23 @@ def dp_tuning_md(d: dict, plots: list[str]) -> list[str]:
     def lora(r: dict) -> str:  # rows from before LoRA was varied ran with FedSilo's default
         return f"r={r.get('lora_r', 8)} on {r.get('lora_targets', 'query,value')}"
 
+    def server(r: dict) -> str:  # likewise FedAvg before the server's step was varied
+        lr, momentum = r.get("server_learning_rate", 1.0), r.get("server_momentum", 0.0)
+        return "FedAvg" if (lr, momentum) == (1.0, 0.0) else f"lr {lr:g}, momentum {momentum:g}"
+
     lines += ["Mean over the seeds each configuration ran with:", ""]
-    lines += table(["expected batch", "lr (LoRA)", "lr (head)", "LoRA", "validation accuracy (%)", "seeds"],
-                   [[m["batch_size"], f"{m['learning_rate']:g}", f"{m['head_learning_rate']:g}", lora(m),
+    lines += table(["expected batch", "lr (LoRA)", "lr (head)", "LoRA", "server step", "validation accuracy (%)",
+                    "seeds"],
+                   [[m["batch_size"], f"{m['learning_rate']:g}", f"{m['head_learning_rate']:g}", lora(m), server(m),
                      fmt(100 * m["accuracy_mean"]) + ("" if m["accuracy_std"] is None else
                                                        f" ± {fmt(100 * m['accuracy_std'])}"),
                      ", ".join(map(str, m["seeds"]))] for m in d.get("summary", [])])
     lines += ["", "Every run:", ""]
-    return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "LoRA", "status",
+    return lines + table(["seed", "expected batch", "lr (LoRA)", "lr (head)", "LoRA", "server step", "status",
                           "validation accuracy (%)", "noise multiplier (max site)", "ε spent (max site)", "wall s",
                           "commit"],
                          [[r["seed"], r["batch_size"], f"{r['learning_rate']:g}", f"{r['head_learning_rate']:g}",
-                           lora(r), r["status"], fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
+                           lora(r), server(r), r["status"], fmt(100 * r["accuracy"]) if r.get("accuracy") is not None else "–",
                            fmt(r.get("noise_multiplier"), 3), fmt(r.get("epsilon_spent_max"), 2),
                            fmt(r.get("wall_seconds")), r.get("run", {}).get("commit", d["header"]["commit"])]
                           for r in d["rows"]])
