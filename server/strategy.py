@@ -91,6 +91,9 @@ class FedSiloStrategy(FedAvg):
         self.momentum: list[np.ndarray] | None = None
         if resumed and cfg.server_momentum and self.completed_rounds:
             self.momentum = run_dir.load_round_momentum(max(self.completed_rounds))
+            if [m.shape for m in self.momentum] != self.shapes:
+                raise FedSiloError(f"cannot resume: {run_dir.path}/rounds/momentum-"
+                                   f"{max(self.completed_rounds):04d}.npz does not fit the model")
 
     def checkpoint(self, last_round: int) -> None:
         """Rounds up to `last_round` are closed: their global weights are in rounds/ already."""

@@ -209,6 +209,10 @@ def test_server_momentum_steps_and_resumes(tmp_path):
         s.aggregate_fit(1 if s is resumed else 3, [fit_result(1, deltas[2])], [])
     for got, want in zip(resumed.global_weights, strategy.global_weights):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+    strategy.run_dir.save_round_momentum(3, [np.zeros((2, 2), np.float32)])
+    with pytest.raises(FedSiloError, match="momentum-0003.npz does not fit the model"):
+        FedSiloStrategy(strategy.cfg, strategy.run_dir, strategy.global_weights, strategy.audit,
+                        {**state, "last_round": 3, "completed_rounds": [1, 2, 3]})
     (strategy.run_dir.path / "rounds" / "momentum-0003.npz").unlink()
     with pytest.raises(FedSiloError, match="momentum-0003.npz is missing"):
         FedSiloStrategy(strategy.cfg, strategy.run_dir, strategy.global_weights, strategy.audit,
