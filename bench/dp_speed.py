@@ -4,10 +4,10 @@ Each configuration runs in its own process (so peak memory is its own): one warm
 the median of --steps timed steps of batch --batch at exactly T tokens per text. The steps are
 FedSilo's own: AdamW on cross-entropy without DP; make_private + backward_private + step with DP.
 
-    python bench/dp_speed.py [--steps 4] [--out bench/results/dp_speed.json]
-    python bench/dp_speed.py --profile quick|full --out DIR      (the suite's convention: DIR/dp_speed.json)
+    python bench/dp_speed.py [--profile quick|full] [--steps 4] [--out DIR]
 
-Without --profile the full profile's settings are used (steps 4, T=64,128).
+Without --profile the full profile's settings are used (steps 4, T=64,128); results go to
+DIR/dp_speed.json and .md (default bench/results/PROFILE, the suite's convention).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from harness import bench_header, log, write_result
+from harness import bench_args, bench_header, log, out_dir, write_result
 
 PROFILES = {"quick": {"steps": 2, "lengths": "64"}, "full": {"steps": 4, "lengths": "64,128"}}
 CONFIGS = [  # (name, trainable, dp, ghost)
@@ -78,12 +77,11 @@ def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: i
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p = bench_args(__doc__.splitlines()[0])
+    p.set_defaults(profile="full")
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration [profile's]")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lengths", default=None, help="comma-separated token counts [profile's]")
-    p.add_argument("--out", default="bench/results/dp_speed.json", help="a .json file, or a folder for dp_speed.json")
     p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.steps = args.steps or PROFILES[args.profile]["steps"]
@@ -108,8 +106,7 @@ def main() -> int:
         f"T={t}": {"dp_lora_vs_lora": round(by[("DP LoRA (hooks)", t)] / by[("non-private LoRA", t)], 3),
                    "dp_ghost_full_vs_full": round(by[("DP full (ghost)", t)] / by[("non-private full", t)], 3)}
         for t in map(int, args.lengths.split(","))}
-    out = Path(args.out) if args.out.endswith(".json") else Path(args.out) / "dp_speed.json"
-    out = write_result(out.parent, out.stem, result)
+    out = write_result(out_dir(args), "dp_speed", result)
     md = ["| config | T=" + " | T=".join(args.lengths.split(",")) + " |", "|---|" + "---|" * len(args.lengths.split(","))]
     for name, *_ in CONFIGS:
         cells = [next(f"{r['samples_per_s']} /s, {r['peak_rss_gb']} GB" for r in rows if r["config"] == name and r["tokens"] == t)

@@ -8,15 +8,14 @@ site's train reply carries: float32 deltas without SecAgg+, with it the masked q
 built by the steps of Flower's secaggplus_mod (int64 after masking, so twice the float32 size).
 bench/traffic.py measures what actually crosses the wire, protocol overhead included.
 
-    python bench/secagg_overhead.py [--sites 3,10] [--out bench/results/secagg_overhead.json]
-    python bench/secagg_overhead.py --profile quick|full --out DIR   (the suite's convention)
+    python bench/secagg_overhead.py [--profile quick|full] [--sites 3,10] [--out DIR]
 
-Without --profile the full profile's sizes are used (3 and 10 sites).
+Without --profile the full profile's sizes are used (3 and 10 sites); results go to
+DIR/secagg_overhead.json and .md (default bench/results/PROFILE, the suite's convention).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 
 from flwr.common import ndarray_to_bytes
 
-from harness import bench_header, log, write_result
+from harness import bench_args, bench_header, log, out_dir, write_result
 
 BIN = Path(sys.executable).parent
 PROFILES = {"quick": "3", "full": "3,10"}
@@ -50,11 +49,9 @@ def masked_bytes(weights: list[np.ndarray]) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p = bench_args(__doc__.splitlines()[0])
+    p.set_defaults(profile="full")
     p.add_argument("--sites", default=None, help="comma-separated federation sizes [profile's]")
-    p.add_argument("--out", default="bench/results/secagg_overhead.json",
-                   help="a .json file, or a folder for secagg_overhead.json")
     args = p.parse_args()
     args.sites = args.sites or PROFILES[args.profile]
     header = bench_header("secagg_overhead", args.profile, [SEED])
@@ -92,8 +89,7 @@ def main() -> int:
                               "deltas, or under SecAgg+ the masked vector as Flower's secaggplus_mod builds it; "
                               "bench/traffic.py measures the bytes on the wire",
               "rows": rows, "round_time_overhead": overhead}
-    out = Path(args.out) if args.out.endswith(".json") else Path(args.out) / "secagg_overhead.json"
-    out = write_result(out.parent, out.stem, result)
+    out = write_result(out_dir(args), "secagg_overhead", result)
     md = ["| sites | plain round (s) | SecAgg+ round (s) | overhead | bytes/site plain | bytes/site SecAgg+ |",
           "|---|---|---|---|---|---|"]
     for s in map(int, args.sites.split(",")):
