@@ -9,12 +9,16 @@ Two mechanisms, one per trainable set:
   per-example gradients). Its loss must be the criterion Opacus returns: calling the model's
   own loss instead would silently skip clipping, so only `_ghost_backward` ever computes it.
 
+Randomness: the noise and the Poisson batches come from the site's own CSPRNG
+(client/dp_random.py), never from a seed: the run's seed is the coordinator's to set.
+
 Accounting is not done here: the caller charges the ledger for (sigma, q, steps) before
 training, whatever happens during it.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from client.dp_random import SiteRandom
 from common.batching import Encoded, collate
 from common.model import optimizer_groups
 
@@ -41,9 +46,32 @@ class DPStepPlan:
     max_grad_norm: float
 
 
-def _poisson_batches(n: int, q: float, steps: int, rng: np.random.Generator):
+def _poisson_batches(n: int, q: float, steps: int, rng: SiteRandom):
     for _ in range(steps):
-        yield np.flatnonzero(rng.random(n) < q)
+        yield rng.poisson_mask(n, q)
+
+
+class _SiteNoise:
+    """Opacus's add_noise with the noise drawn from the site's CSPRNG (client/dp_random.py)
+    instead of torch's generator, which anyone who knows its seed can replay."""
+
+    site_random: SiteRandom
+
+    def add_noise(self):
+        from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            p.grad = (p.summed_grad + self.site_random.gaussian_like(p.summed_grad, std)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def _site_noise_optimizer(ghost: bool):
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    base = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+    return type(f"SiteNoise{base.__name__}", (_SiteNoise, base), {})
 
 
 def _micro_batches(data: Encoded, idx: np.ndarray, size: int | None = None):
@@ -53,16 +81,15 @@ def _micro_batches(data: Encoded, idx: np.ndarray, size: int | None = None):
 
 
 def make_private(model, lr: float, plan: DPStepPlan, expected_batch: int, ghost: bool,
-                 head_lr: float | None = None):
+                 head_lr: float | None = None, rng: SiteRandom | None = None):
     """Opacus's per-example gradient module and DP optimizer around the model's trainable weights
-    (the classification head at `head_lr`, default `lr`)."""
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-
+    (the classification head at `head_lr`, default `lr`); noise from `rng` (a fresh SiteRandom)."""
     groups = optimizer_groups(model, lr, lr if head_lr is None else head_lr)
     base = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
-    optimizer = optimizer_cls(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                              expected_batch_size=expected_batch, loss_reduction="mean")
+    optimizer = _site_noise_optimizer(ghost)(base, noise_multiplier=plan.noise_multiplier,
+                                             max_grad_norm=plan.max_grad_norm,
+                                             expected_batch_size=expected_batch, loss_reduction="mean")
+    optimizer.site_random = rng or SiteRandom()
     return _wrap(model, plan.max_grad_norm, ghost), optimizer
 
 
@@ -75,14 +102,15 @@ def backward_private(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: 
     return _hooks_backward(module, data, idx, pad_id, params)
 
 
-def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int, seed: int,
+def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int,
              ghost: bool = False, desc: str = "dp-train", head_lr: float | None = None) -> dict[str, float]:
-    """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log)."""
+    """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log).
+    Takes no seed on purpose: noise and sampling are the site's own (module docstring)."""
     model.train()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rng = SiteRandom()
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # dropout: not the server's either
     expected = max(1, int(round(plan.sample_rate * len(data))))
-    module, optimizer = make_private(model, lr, plan, expected, ghost, head_lr)
+    module, optimizer = make_private(model, lr, plan, expected, ghost, head_lr, rng)
     losses: list[float] = []
     bar = tqdm(_poisson_batches(len(data), plan.sample_rate, plan.steps, rng), total=plan.steps,
                desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)

@@ -96,12 +96,12 @@ class SiteRound:
         set_weights(self.model, parameters)
         data = self.train_data
         desc = f"site {self.site.name} round {server_round}"
-        seed = self.cfg.seed * 100_003 + server_round
         started = time.perf_counter()
-        if self.site.privacy.dp:
-            stats, report = self._train_private(data, server_round, seed, desc)
-        else:
-            stats = train_local(self.model, data, self.cfg, self.pad_id, seed=seed, desc=desc)
+        if self.site.privacy.dp:  # noise and sampling from the site's CSPRNG, never from the run's seed
+            stats, report = self._train_private(data, server_round, desc)
+        else:  # no DP to protect: shuffling may follow the run's seed, for reproducible runs
+            stats = train_local(self.model, data, self.cfg, self.pad_id, seed=self.cfg.seed * 100_003 + server_round,
+                                desc=desc)
             # Without DP the site says so in every report it sends.
             report = {"dp": False, "train_loss": stats["train_loss"]}
         seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3)}
@@ -124,7 +124,7 @@ class SiteRound:
         return pack(delta), len(data), {"site": self.site.name, "records": len(self.site.records),
                                   "redactions": json.dumps(redactions, sort_keys=True), **report, **seconds}
 
-    def _train_private(self, data, server_round: int, seed: int, desc: str):
+    def _train_private(self, data, server_round: int, desc: str):
         """Charge the ledger first (refusing past the budget), then run DP-SGD."""
         privacy, n = self.site.privacy, len(data)
         delta = privacy.delta_for(len(self.site.records))
@@ -138,7 +138,7 @@ class SiteRound:
                                 budget=privacy.privacy_budget)
         plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
                           max_grad_norm=privacy.max_grad_norm)
-        stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id, seed,
+        stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id,
                          ghost=self.cfg.trainable == "full", desc=desc, head_lr=self.cfg.head_lr_for(dp=True))
         # Only privacy bookkeeping travels: the training loss is not DP-protected, so it stays here.
         return stats, {"dp": True, "epsilon": epsilon, "delta": delta, "budget": privacy.privacy_budget,

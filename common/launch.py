@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common.errors import FedSiloError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_NAMES = ("localhost",)  # resolved by /etc/hosts; every other name must be an IP literal
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
@@ -52,8 +53,19 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """An IP literal in 127.0.0.0/8 or ::1, or `localhost`: never a name that merely starts with
+    "127." (`127.evil.example` resolves wherever its owner wants)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def require_loopback(host: str, what: str) -> None:
-    if host not in LOOPBACK and not host.startswith("127."):
+    if not is_loopback(host):
         raise FedSiloError(f"{what}: plaintext is allowed on 127.0.0.1 only, not {host!r}")
 
 
