@@ -133,7 +133,8 @@ def one_run(model: str, trainable: str, secure: bool, data: list[Path], work: Pa
             relays.append(Relay(("127.0.0.1", port)))
             clients.append(start([str(BIN / "fl-client"), "--site", f"site-{i + 1}", "--insecure",
                                   "--server", f"127.0.0.1:{relays[-1].port}", "--data", str(path),
-                                  "--ledger", str(work / f"{name}-site-{i + 1}.ledger.json"), "--no-dp"],
+                                  "--ledger", str(work / f"{name}-site-{i + 1}.ledger.json"), "--no-dp",
+                                  *([] if secure else ["--allow-unmasked-updates"])],
                                  work / f"client-{name}-{i + 1}.log"))
         # Round ends: the moment the coordinator appends each round's line to metrics.jsonl.
         metrics, ends = run_dir / "metrics.jsonl", []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
@@ -58,11 +58,27 @@ def site_errors_mod(msg: Message, context: Context, call_next) -> Message:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
 
 
+ALLOW_UNMASKED = "allow-unmasked-updates"  # node config, set only by fl-client --allow-unmasked-updates
+
+
+def unmasked_updates_allowed(node_config) -> bool:
+    """Whether this site may send its update in the clear. Only its own operator decides (node
+    config comes from fl-client, never from the server); a simulated site belongs to the
+    coordinator, who runs every virtual site anyway."""
+    return node_config.get(ALLOW_UNMASKED) is True or "partition-id" in node_config
+
+
 def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
-    """Mask the update with Flower's SecAgg+ when the server runs it; plain rounds pass through
-    (Flower's secaggplus_mod alone fails on them)."""
+    """Mask the update with Flower's SecAgg+ when the server runs it. A plain training round (the
+    server would see this site's single update) runs only where the site's operator allowed it;
+    evaluation replies carry counts, not updates, and pass."""
     if SECAGGPLUS_CONFIGS in msg.content.config_records:
         return secaggplus_mod(msg, context, call_next)
+    if msg.metadata.message_type == MessageType.TRAIN and not unmasked_updates_allowed(context.node_config):
+        reason = ("site refuses to send an unmasked update: the server asked for a round without secure "
+                  "aggregation; the site's operator allows that only with fl-client --allow-unmasked-updates")
+        print(f"fl-client: {reason}", file=sys.stderr, flush=True)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
     return call_next(msg, context)
 
 

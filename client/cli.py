@@ -27,7 +27,7 @@ from client import worker
 from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
-from client.site import redact
+from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
 from client.supernode import COMMAND as SUPERNODE_COMMAND
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
 from common.audit import AuditLog, generate_key
@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "message; each of a round's five messages waits for it (Flower: 3 s) "
                         f"[default: {DEFAULT_PULL_INTERVAL}]")
     add_privacy_options(p)
+    own = p.add_argument_group("what this site sends (the site's own limits; the server cannot raise them)")
+    own.add_argument("--allow-unmasked-updates", action="store_true",
+                     help="also train in rounds without secure aggregation, where the server sees this "
+                          "site's own update (DP-protected if DP is on, but not hidden in a sum); off: the "
+                          "site refuses such rounds and the server names it in the round line")
+    own.add_argument("--eval-fraction", type=float, default=DEFAULT_SITE_EVAL_FRACTION, metavar="F",
+                     help="most of this site's records held out for evaluation; the server may ask for "
+                          "less, never more. Evaluation records are not DP-protected: the server receives "
+                          "their confusion counts each round [default: %(default)s]")
     return p
 
 
@@ -149,6 +158,8 @@ def main(argv=None) -> int:
         raise FedSiloError(f"--pull-interval {args.pull_interval}: give a number of seconds from 0.1 to 60")
     if not 1 <= args.max_wait <= 7 * 86400:  # also refuses nan and inf: the wait must end
         raise FedSiloError(f"--max-wait {args.max_wait}: give a number of seconds from 1 to 604800")
+    if not 0.0 <= args.eval_fraction <= 0.9:  # also refuses nan
+        raise FedSiloError(f"--eval-fraction {args.eval_fraction}: give a share from 0 to 0.9")
     if args.max_retries < 0:
         raise FedSiloError(f"--max-retries {args.max_retries}: give 0 (no limit) or a positive number")
     site, server, tls_args = connection(args)
@@ -169,6 +180,9 @@ def main(argv=None) -> int:
         generate_key(audit_key)
     AuditLog(audit_log, audit_key, f"site {site}")  # fail now on a log kept with another key or name
     print(f"fl-client: audit log {audit_log} (signed with {audit_key})", flush=True)
+    print("fl-client: updates leave this site " + ("masked by SecAgg+, or in the clear in rounds the server runs "
+          "without it (--allow-unmasked-updates)" if args.allow_unmasked_updates else
+          "masked by SecAgg+ only (rounds without it are refused)"), flush=True)
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
 
@@ -176,6 +190,7 @@ def main(argv=None) -> int:
         "site": site, "data-path": str(data), "ledger": str(ledger),
         "text-column": args.text_column, "label-column": args.label_column,
         "audit-log": str(audit_log), "audit-key": str(audit_key),
+        "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
         **privacy.to_node_config()}.items())
     with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
         env = flower_env()

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from client.ledger import default_ledger_path
+from client.ledger import default_ledger_path, fingerprint
 from common.config import RunConfig
 from common.data import Records, encode_labels, partition, read_records, split_train_eval
 from common.errors import FedSiloError
 from common.privacy import SitePrivacy
 from common.redaction import ENTITY_TYPES, Redactor
+
+
+DEFAULT_SITE_EVAL_FRACTION = 0.2  # fl-client --eval-fraction: the most a site holds out for evaluation
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,14 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         raise FedSiloError("this SuperNode has no data: start it with fl-client --data PATH")
     labels = encode_labels(records, cfg.labels, f"site {name}")
     texts, redactions = redact(records.texts, privacy)
-    train_idx, eval_idx = split_train_eval(len(records), cfg.eval_fraction, cfg.seed)
+    if "data-path" in node_config:
+        # The site owns its held-out share: the server may ask for less, never more. The split
+        # follows the data, not the server's seed, so the same records are held out every run.
+        fraction = min(cfg.eval_fraction, float(node_config.get("eval-fraction", DEFAULT_SITE_EVAL_FRACTION)))
+        split_seed = int(fingerprint(records).removeprefix("sha256:")[:15], 16)
+    else:
+        fraction, split_seed = cfg.eval_fraction, cfg.seed
+    train_idx, eval_idx = split_train_eval(len(records), fraction, split_seed)
     clean = Records(texts, records.labels)
     return SiteData(name, records, privacy, ledger, audit_log, audit_key, redactions,
                     clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])

@@ -121,7 +121,9 @@ class SiteRound:
                              "received": weights_digest(parameters),
                              "sent": weights_digest(delta), "redactions": redactions,
                              **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
-        return pack(delta), len(data), {"site": self.site.name, "records": len(self.site.records),
+        # records: what DP protects (the training split); eval_records: held out, not DP-protected
+        return pack(delta), len(data), {"site": self.site.name, "records": len(self.site.train),
+                                        "eval_records": len(self.site.eval),
                                   "redactions": json.dumps(redactions, sort_keys=True), **report, **seconds}
 
     def _train_private(self, data, server_round: int, desc: str):

@@ -137,8 +137,15 @@ def calibrate_noise(target_epsilon: float, delta: float, q: float, total_steps: 
     return float(sigma)
 
 
-def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str, n: int) -> str:
-    """The one exact sentence every report carries for a DP site (epsilon rounded up, never down)."""
-    return (f"site {site}: record-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy for its "
-            f"{n} records, composed over every round it has trained on this dataset, "
-            f"accounted with the {ACCOUNTANT_NAMES[accountant]}.")
+def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str, n: int,
+                       n_eval: int | None = None) -> str:
+    """The one exact sentence every report carries for a DP site (epsilon rounded up, never down):
+    what DP covers (the n training records) and what it does not (the held-out records, whose
+    confusion counts the site sends in the clear)."""
+    held_out = ("" if n_eval is None else
+                f" Its {n_eval} held-out evaluation records are not covered: the server receives their "
+                "confusion counts (true class x predicted class) every round." if n_eval else
+                " It holds out no evaluation records.")
+    return (f"site {site}: record-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy "
+            f"for its {n} training records, composed over every round it has trained on this dataset, "
+            f"accounted with the {ACCOUNTANT_NAMES[accountant]}.{held_out}")

@@ -148,6 +148,7 @@ def run(grid: Grid, context: Context) -> None:
         "rounds_completed": strategy.completed_rounds,
         "rounds_failed": {str(k): v for k, v in strategy.failed_rounds.items()},
         "secure_aggregation": cfg.secure_aggregation,
+        "site_names_from": strategy.names_source,
         "resumed_after_round": done if resumed else None,
         "seconds": round(time.monotonic() - started, 1),
         "status": "ok" if strategy.completed_rounds else "failed",
@@ -197,8 +198,9 @@ def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:
     out = {}
     for name, rep in sorted(site_privacy.items()):
         if rep.get("dp"):
-            out[name] = guarantee_sentence(name, float(rep["epsilon"]), float(rep["delta"]),
-                                           str(rep["accountant"]), int(rep["records"]))
+            n_eval = rep.get("eval_records")
+            out[name] = guarantee_sentence(name, float(rep["epsilon"]), float(rep["delta"]), str(rep["accountant"]),
+                                           int(rep["records"]), None if n_eval is None else int(n_eval))
         else:
             out[name] = f"site {name}: NO differential privacy (turned off at the site with --no-dp)."
     return out

@@ -224,7 +224,9 @@ class Coordinator:
         """Register every enrolled key over the loopback Control API; remember node id -> site."""
         home = self.rd.path / ".flwr"
         write_flwr_home(home, self.control_address, insecure=False, root_cert=str(self.fed.ca))
-        names = {}
+        # A persistent SuperLink database (resume) already holds the keys it registered before and
+        # answers "already registered" without the node id: keep the map this run dir recorded then.
+        names = dict(self.rd.enrolled_sites() or {}) if self.database != ":flwr-in-memory:" else {}
         for site, pub in self.fed.enrolled().items():
             out = subprocess.run([flower_script("flwr"), "supernode", "register", str(pub), "fedsilo",
                                   "--name", site, "--format", "json"], env=flower_env(home),
@@ -234,11 +236,12 @@ class Coordinator:
             except json.JSONDecodeError:
                 reply = {}
             if "node-id" in reply or "node_id" in reply:
+                names = {node: name for node, name in names.items() if name != site}  # re-enrolled key
                 names[str(reply.get("node-id", reply.get("node_id")))] = site
             elif "already" not in (out.stdout + out.stderr).lower():
                 raise FedSiloError(f"cannot register site {site}'s key with the SuperLink: "
                                    f"{(out.stdout + out.stderr).strip().splitlines()[-1:]}")
-        (self.rd.path / "sites.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
+        atomic_write_json(self.rd.enrolment_path, names)
 
     def __exit__(self, *exc) -> None:
         for proc in reversed(self.procs):

@@ -37,7 +37,7 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
     site_rows = []
     for name, rep in sorted(sites.items()):
         red = json.loads(rep.get("redactions") or "{}")
-        site_rows.append([name, str(rep.get("records", "?")),
+        site_rows.append([name, str(rep.get("records", "?")), str(rep.get("eval_records", "?")),
                           ", ".join(f"{k} {v}" for k, v in sorted(red.items())) or "none found"])
     sections: list[tuple[str, object]] = [
         ("Task", f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
@@ -48,7 +48,7 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
                      f"rounds completed (run {summary.get('run_id')}); failed rounds: "
                      f"{summary.get('rounds_failed') or 'none'}; server step: {server_step(cfg)}."),
         ("Sites (names and record counts only) and PII redaction (placeholders inserted, by type)",
-         (["site", "records", "redactions"], site_rows)),
+         (["site", "training records", "held-out records", "redactions"], site_rows)),
         ("Differential privacy, per site", list(summary.get("privacy", {}).values()) or ["no site trained"]),
         ("Secure aggregation", "on (Flower SecAgg+): the server saw only the sum of the sites' updates"
          if cfg.secure_aggregation else "OFF: the server saw each site's update"),

@@ -82,6 +82,23 @@ class RunDir:
     def state_path(self) -> Path:
         return self.path / "state.json"
 
+    @property
+    def enrolment_path(self) -> Path:
+        """node id -> enrolled site name, written by fl-server when it registers the site keys."""
+        return self.path / "sites.json"
+
+    def enrolled_sites(self) -> dict[str, str] | None:
+        """The enrolment map, or None where nobody enrolled sites (simulation, --insecure)."""
+        if not self.enrolment_path.exists():
+            return None
+        try:
+            names = json.loads(self.enrolment_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise FedSiloError(f"{self.enrolment_path} is unreadable ({err})") from None
+        if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+            raise FedSiloError(f"{self.enrolment_path} is not a map of node ids to site names")
+        return {str(k): v for k, v in names.items()}
+
     def save_state(self, state: dict) -> None:
         """The strategy's state after a closed round; written atomically, so a kill leaves the
         previous checkpoint or this one, never half of one."""

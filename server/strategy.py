@@ -31,7 +31,7 @@ from flwr.server.strategy import FedAvg
 from flwr.server.strategy.aggregate import aggregate, aggregate_krum, aggregate_median, aggregate_trimmed_avg
 from logging import INFO, WARNING
 
-from common.audit import AuditLog
+from common.audit import AuditLog, printable
 from common.config import RunConfig
 from common.errors import FedSiloError
 from common.model import weights_digest
@@ -41,7 +41,7 @@ from server.run_dir import RunDir
 from server.secure_aggregation import MAX_SITES_PER_ROUND
 
 
-PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "redactions")
+PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions")
 REFUSALS = ("privacy budget exhausted", "app not approved")
 
 
@@ -82,6 +82,8 @@ class FedSiloStrategy(FedAvg):
         self._round_start = time.monotonic()
         self._sampled: dict[int, set[str]] = {}  # round -> node ids asked to train
         self.offset = 0
+        # Who each node is: from enrolment (its authenticated key), never from what it says.
+        self.enrolled = run_dir.enrolled_sites()
         if resumed:  # a checkpoint from state.json (server/app.py checked it fits this run)
             self.offset = int(resumed["last_round"])
             self.completed_rounds = [int(r) for r in resumed["completed_rounds"]]
@@ -94,6 +96,28 @@ class FedSiloStrategy(FedAvg):
             if [m.shape for m in self.momentum] != self.shapes:
                 raise FedSiloError(f"cannot resume: {run_dir.path}/rounds/momentum-"
                                    f"{max(self.completed_rounds):04d}.npz does not fit the model")
+
+    def site_name(self, proxy: ClientProxy, metrics: dict) -> str:
+        """The name reports use for the node behind `proxy`. With enrolment (fl-server
+        --federation) it is the name the node's key was enrolled under, whatever the site says;
+        a node the SuperLink let in but that is not in the map is named by its id. Without
+        enrolment (simulation, where the coordinator plays every site; --insecure on loopback)
+        it is the name the site gives (`names_source` says so in the summary)."""
+        node = str(proxy.node_id)
+        claimed = printable(str(metrics.get("site", "")))
+        if self.enrolled is None:
+            return claimed or f"node {node}"
+        name = self.enrolled.get(node, f"node {node} (not enrolled)")
+        if claimed and claimed != name:
+            log(WARNING, "node %s, enrolled as %s, calls itself %r: reported as %s", node, name, claimed, name)
+        return name
+
+    @property
+    def names_source(self) -> str:
+        if self.enrolled is not None:
+            return "enrolment (each node's authenticated key)"
+        return "the sites' own word (simulation)" if self.cfg.sim_data else \
+            "the sites' own word (--insecure: no enrolment, nothing authenticated)"
 
     def checkpoint(self, last_round: int) -> None:
         """Rounds up to `last_round` are closed: their global weights are in rounds/ already."""
@@ -181,7 +205,7 @@ class FedSiloStrategy(FedAvg):
         else:
             accepted, rejected = self._validate(results)
             failure_texts += rejected
-        sites = {str(res.metrics.get("site", proxy.node_id)): res for proxy, res, _ in accepted}
+        sites = {self.site_name(proxy, res.metrics): res for proxy, res, _ in accepted}
         self.round_record["fit"] = {
             name: {"examples": res.num_examples,
                    **{k: v for k, v in res.metrics.items() if k != "site"}}
@@ -217,7 +241,7 @@ class FedSiloStrategy(FedAvg):
         senders of the others named."""
         kept, rejected = [], []
         for proxy, res in results:
-            name = str(res.metrics.get("site", f"node {proxy.node_id}"))
+            name = self.site_name(proxy, res.metrics)
             try:
                 update = unpack(parameters_to_ndarrays(res.parameters), self.shapes)
             except (ValueError, TypeError, EOFError, OSError) as err:
@@ -286,7 +310,7 @@ class FedSiloStrategy(FedAvg):
             if confusion.shape != (k, k) or (confusion < 0).any():
                 log(WARNING, "round %d: ignoring a malformed evaluation report", server_round)
                 continue
-            name = str(res.metrics.get("site", proxy.node_id))
+            name = self.site_name(proxy, res.metrics)
             per_site[name] = confusion
             total += confusion
             timings[name] = {k: float(v) for k, v in res.metrics.items() if k.startswith("time_")}

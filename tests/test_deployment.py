@@ -65,8 +65,9 @@ def test_site_out_of_budget_is_refused_and_the_federation_goes_on(tiny_model, de
         # Plain aggregation: with one site left, SecAgg+ would (rightly) refuse to unmask a lone update.
         tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--batch-size", 32,
                    "--no-secure-aggregation"],
-        {"A": ["--data", site_file(demo_dir, "A", tmp_path), "--ledger", tmp_path / "a-ledger.json"],
-         "B": ["--data", data_b, "--privacy-budget", 7.0, "--target-epsilon", 7.0]})
+        {"A": ["--data", site_file(demo_dir, "A", tmp_path), "--ledger", tmp_path / "a-ledger.json",
+               "--allow-unmasked-updates"],
+         "B": ["--data", data_b, "--privacy-budget", 7.0, "--target-epsilon", 7.0, "--allow-unmasked-updates"]})
     assert code == 0, out[-4000:]
     assert "site B: privacy budget exhausted, 6.63 of 7.00 spent" in out
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

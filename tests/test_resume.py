@@ -33,7 +33,7 @@ def start_sites(demo_dir, tmp_path, port, tag, logs):
         logs[name] = open(tmp_path / f"{tag}-{name}.log", "w")
         data = site_file(demo_dir, name, tmp_path / tag)
         procs.append(start("fl-client", "--site", name, "--server", f"127.0.0.1:{port}", "--insecure",
-                           "--data", data, "--no-dp", log=logs[name]))
+                           "--data", data, "--no-dp", "--allow-unmasked-updates", log=logs[name]))
     return procs
 
 
