@@ -250,5 +250,11 @@ def process_identity(pid: int) -> str | None:
 
 
 def coordinator_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` for the SuperLink of a coordinator (fl-server, fl-sim): names this process."""
+    """`env` for the SuperLink of a coordinator (fl-server, fl-sim): names this process, and drops
+    the switches that would make the SuperLink also open its legacy gRPC Fleet and Control servers
+    on 0.0.0.0, beside the gateway instead of behind it."""
+    env = {k: v for k, v in env.items() if k not in LEGACY_GRPC_SWITCHES}
     return {**env, COORDINATOR_ENV: process_identity(os.getpid()) or str(os.getpid())}
+
+
+LEGACY_GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_FLEET_API", "FLWR_INTERNAL_GRPC_CONTROL_API")

@@ -139,3 +139,13 @@ def test_loopback_is_parsed_exactly(host, loopback):
     if not loopback:
         with pytest.raises(FedSiloError, match="127.0.0.1 only"):
             require_loopback(host, "--insecure")
+
+
+def test_the_superlink_never_gets_the_switches_for_its_legacy_grpc_servers(monkeypatch):
+    """They would open Fleet and Control on 0.0.0.0, beside the gateway instead of behind it."""
+    from common.launch import coordinator_env, flower_env
+
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_CONTROL_API", "1")
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_FLEET_API", "1")
+    env = coordinator_env(flower_env())
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in env and "FLWR_INTERNAL_GRPC_FLEET_API" not in env
