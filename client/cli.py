@@ -26,7 +26,7 @@ from pathlib import Path
 from client import worker
 from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
-from client.ledger import PrivacyLedger, default_ledger_path, fingerprint
+from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_ledger
 from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
 from client.supernode import COMMAND as SUPERNODE_COMMAND
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
@@ -173,9 +173,9 @@ def main(argv=None) -> int:
     _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
-    print(f"fl-client: {privacy_status(privacy, ledger, records)}", flush=True)
     audit_log = Path(args.audit_log).expanduser().resolve() if args.audit_log else data.with_name(data.name + ".audit.jsonl")
     audit_key = Path(args.kit).resolve() / "site.key" if args.kit else data.with_name(data.name + ".audit-key")
+    print(f"fl-client: {privacy_status(privacy, ledger, records, audit_key, audit_log)}", flush=True)
     if not audit_key.exists():
         generate_key(audit_key)
     AuditLog(audit_log, audit_key, f"site {site}")  # fail now on a log kept with another key or name
@@ -186,45 +186,47 @@ def main(argv=None) -> int:
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
 
-    node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
-        "site": site, "data-path": str(data), "ledger": str(ledger),
-        "text-column": args.text_column, "label-column": args.label_column,
-        "audit-log": str(audit_log), "audit-key": str(audit_key),
-        "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
-        **privacy.to_node_config()}.items())
-    with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
-        env = flower_env()
-        env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
-        env[APPROVED_ENV] = approved_app_hash()
-        # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
-        # a SecAgg+ round has five of them.
-        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
-        env[PULL_ENV] = str(args.pull_interval)  # read by client/supernode.py
-        if args.threads:  # read by torch when it is imported, in the worker or a task process
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-        retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
-        session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
-        env.pop(worker.ADDRESS_ENV, None)  # never an outer fl-client's worker
-        site_worker = None
-        if args.site_worker:
-            site_worker, worker_vars = worker.start(Path(tmp), env)
-            env.update(worker_vars)
-        watch = worker.Watch(site_worker)
-        print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
-              f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
-        try:
-            return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
-                                             "--port", str(args.port or free_port()),
-                                             "--max-wait-time", str(args.max_wait), *retries], env, server,
-                                 args.max_wait, session)
-        except KeyboardInterrupt:
-            if watch.died is not None:
-                raise FedSiloError(f"the site's training worker stopped (exit code {watch.died}); "
-                                   "this site left the federation: restart fl-client") from None
-            raise
-        finally:
-            watch.closing = True
-            stop(site_worker)
+    # One fl-client per ledger, for as long as it runs: a second would charge it concurrently.
+    with hold_ledger(ledger):
+        node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
+            "site": site, "data-path": str(data), "ledger": str(ledger),
+            "text-column": args.text_column, "label-column": args.label_column,
+            "audit-log": str(audit_log), "audit-key": str(audit_key),
+            "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
+            **privacy.to_node_config()}.items())
+        with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
+            env = flower_env()
+            env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
+            env[APPROVED_ENV] = approved_app_hash()
+            # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
+            # a SecAgg+ round has five of them.
+            env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+            env[PULL_ENV] = str(args.pull_interval)  # read by client/supernode.py
+            if args.threads:  # read by torch when it is imported, in the worker or a task process
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+            retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
+            session = SessionMark(Path(args.kit)) if args.kit else None  # plaintext nodes get a new key each start
+            env.pop(worker.ADDRESS_ENV, None)  # never an outer fl-client's worker
+            site_worker = None
+            if args.site_worker:
+                site_worker, worker_vars = worker.start(Path(tmp), env)
+                env.update(worker_vars)
+            watch = worker.Watch(site_worker)
+            print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
+                  f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
+            try:
+                return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
+                                                 "--port", str(args.port or free_port()),
+                                                 "--max-wait-time", str(args.max_wait), *retries], env, server,
+                                     args.max_wait, session)
+            except KeyboardInterrupt:
+                if watch.died is not None:
+                    raise FedSiloError(f"the site's training worker stopped (exit code {watch.died}); "
+                                       "this site left the federation: restart fl-client") from None
+                raise
+            finally:
+                watch.closing = True
+                stop(site_worker)
 
 
 class SessionMark:
@@ -314,15 +316,20 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
     return None
 
 
-def privacy_status(privacy: SitePrivacy, ledger_path: Path, records) -> str:
-    """Check the site's DP settings and its ledger before joining, and say where they stand."""
+def privacy_status(privacy: SitePrivacy, ledger_path: Path, records, audit_key: Path, audit_log: Path) -> str:
+    """Check the site's DP settings and its ledger (signature, chain, anchor in the audit log)
+    before joining, and say where they stand."""
     if not privacy.dp:
         return "differential privacy is OFF for this site (--no-dp); every report will say so"
-    delta = privacy.delta_for(len(records))
-    ledger = PrivacyLedger(ledger_path, fingerprint(records), len(records), delta, privacy.accountant)
+    ledger = PrivacyLedger(ledger_path, fingerprint(records), len(records),
+                           privacy.delta_for(len(records)) if privacy.delta else None, privacy.accountant,
+                           signing_key=audit_key if audit_key.exists() else None, audit_log=audit_log,
+                           records=records)
+    delta = ledger.delta
     spent = ledger.spent()
     if spent >= privacy.privacy_budget:
         raise FedSiloError(f"privacy budget exhausted: {spent:.2f} of {privacy.privacy_budget:.2f} "
                            f"spent on this dataset (ledger {ledger_path})")
+    notes = "".join(f"; {note}" for note in ledger.notes)
     return (f"DP-SGD on: epsilon {spent:.2f} of budget {privacy.privacy_budget:.2f} spent so far "
-            f"(delta {delta:.2g}, {privacy.accountant.upper()} accountant, ledger {ledger_path})")
+            f"(delta {delta:.2g}, {privacy.accountant.upper()} accountant, ledger {ledger_path}){notes}")

@@ -93,6 +93,7 @@ class SiteRound:
             raise
 
     def _fit(self, parameters, server_round: int):
+        self._ledger_anchor = None
         set_weights(self.model, parameters)
         data = self.train_data
         desc = f"site {self.site.name} round {server_round}"
@@ -120,6 +121,7 @@ class SiteRound:
         self.audit("round", {"round": server_round, "data_fingerprint": fingerprint(self.site.records),
                              "received": weights_digest(parameters),
                              "sent": weights_digest(delta), "redactions": redactions,
+                             **({"ledger": self._ledger_anchor} if self._ledger_anchor else {}),
                              **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
         # records: what DP protects (the training split); eval_records: held out, not DP-protected
         return pack(delta), len(data), {"site": self.site.name, "records": len(self.site.train),
@@ -129,17 +131,24 @@ class SiteRound:
     def _train_private(self, data, server_round: int, desc: str):
         """Charge the ledger first (refusing past the budget), then run DP-SGD."""
         privacy, n = self.site.privacy, len(data)
-        delta = privacy.delta_for(len(self.site.records))
+        if not self.site.audit_key.exists():
+            generate_key(self.site.audit_key)  # the ledger is signed with the site's key
+        ledger = PrivacyLedger(self.site.ledger_path, fingerprint(self.site.records), len(self.site.records),
+                               privacy.delta_for(len(self.site.records)) if privacy.delta else None,
+                               privacy.accountant, signing_key=self.site.audit_key,
+                               audit_log=self.site.audit_log, records=self.site.records)
+        delta = ledger.delta  # the ledger's own delta while it stays below 1/n (client/ledger.py)
+        for note in ledger.notes:
+            print(f"site {self.site.name}: privacy ledger: {note}", flush=True)
         q = sample_rate(self.cfg.batch_size, n)
         steps = steps_per_round(q, self.cfg.local_epochs)
         sigma = calibrate_noise(privacy.target_epsilon, delta, q, steps * self.cfg.rounds, privacy.accountant)
-        ledger = PrivacyLedger(self.site.ledger_path, fingerprint(self.site.records),
-                               len(self.site.records), delta, privacy.accountant)
         epsilon = ledger.charge(site=self.site.name, run_id=self.run_id, server_round=server_round,
                                 noise_multiplier=sigma, sample_rate=q, steps=steps,
                                 budget=privacy.privacy_budget)
         plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
                           max_grad_norm=privacy.max_grad_norm)
+        self._ledger_anchor = ledger.anchor  # the round's audit record pins the ledger's length and head
         stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id,
                          ghost=self.cfg.trainable == "full", desc=desc, head_lr=self.cfg.head_lr_for(dp=True))
         # Only privacy bookkeeping travels: the training loss is not DP-protected, so it stays here.

@@ -124,7 +124,10 @@ def test_virtual_sites_in_one_process_share_the_run_model_without_sharing_result
 
     def sim_request(op, run_dir, pid, parameters):
         cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "sim-data": str(data),
-                                   "run-dir": str(run_dir), "batch-size": 32, "sim-target-epsilon": 8.0})
+                                   "run-dir": str(run_dir), "batch-size": 32,
+                                   # without DP training is seeded, so equal updates mean no shared state
+                                   # (DP noise is each site's own draw: tests/test_dp_noise.py)
+                                   "sim-dp": False})
         return {"op": op, "run_id": "9", "run_config": cfg.to_flat(), "parameters": pack(parameters),
                 "config": {"server-round": 1}, "node_config": {"partition-id": pid, "num-partitions": 3}}
 
