@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from opacus.accountants import PRVAccountant, RDPAccountant
 
 import client.private_train as private_train
 from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
@@ -39,18 +38,7 @@ def charge(led, rnd, sigma=1.0, q=0.1, steps=10, budget=8.0, run="r1"):
 
 
 # ------------------------------------------------------------------ accounting
-@pytest.mark.parametrize("name, cls", [("prv", PRVAccountant), ("rdp", RDPAccountant)])
-def test_reported_epsilon_equals_an_independent_opacus_computation(tmp_path, name, cls):
-    led = ledger(tmp_path, accountant=name)
-    reported = [charge(led, 1, 1.1, 0.2, 12, budget=100), charge(led, 2, 1.1, 0.2, 12, budget=100),
-                charge(led, 1, 0.9, 0.1, 30, budget=100, run="r2")]
-    logged = json.loads(led.path.read_text())["entries"]
-    for k in range(1, 4):
-        independent = cls()
-        for e in logged[:k]:  # step the accountant one DP-SGD step at a time, as Opacus does
-            for _ in range(e["steps"]):
-                independent.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
-        assert reported[k - 1] == pytest.approx(independent.get_epsilon(delta=1e-5), rel=1e-6)
+# An independent accountant (Google's dp_accounting, PLD) checks every reported epsilon: tests/test_accountant.py
 
 
 def test_noise_calibration_spends_the_target_over_the_planned_rounds(tmp_path):

@@ -3,6 +3,7 @@ equals plain FedAvg of the same deltas up to SecAgg+'s quantisation (stated in t
 every site sharing keys with every other and with small neighbourhoods; and the server refuses to
 unmask when dropouts split the surviving sites' neighbourhood graph."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,12 @@ from server.strategy import FedSiloStrategy
 from tests.helpers import run_cli
 
 TOLERANCE = 1e-3  # absolute, per weight; the measured error is about 2e-4 (SECAGG_CLIP=1, 2**22 levels)
+# ...and not less: SecAgg+ rounds each site's weighted value stochastically to one of 2**22 levels
+# over +-SECAGG_CLIP, after weighting it by examples / SECAGG_MAX_WEIGHT; on the mean of 480
+# training examples one level is 2 / (480 / 1e5 * 2**22) = 1e-4, and the largest error over
+# 2,180 weights is about 2 levels. Plain FedAvg of the same (no-DP, seeded) deltas is exact: an
+# error below a tenth of a level means the deltas were never quantised, i.e. SecAgg+ did not run.
+MIN_QUANTISATION_ERROR = 1e-5
 
 
 def aggregated_delta(run_dir):
@@ -40,13 +47,21 @@ def test_secure_aggregate_equals_plain_fedavg(tiny_model, tmp_path, sites, neigh
                        "--run-dir", run_dir, mode)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         rounds[mode] = aggregated_delta(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        server_log = (run_dir / "logs" / "serverapp.log").read_text(errors="replace")
+        secure = mode == "--secure-aggregation"
+        assert summary["secure_aggregation"] is secure and summary["rounds_completed"] == [1]
+        # Flower's SecAggPlusWorkflow logs these (and only it): it ran, to the end, in this run only.
+        assert ("Secure aggregation commencing." in server_log) is secure, server_log[-3000:]
+        assert ("Secure aggregation completed." in server_log) is secure, server_log[-3000:]
+        assert f"aggregate_fit: received {sites} results and 0 failures" in server_log
     secure, plain = rounds["--secure-aggregation"], rounds["--no-secure-aggregation"]
     error = max(float(np.abs(s - p).max()) for s, p in zip(secure, plain))
     largest = max(float(np.abs(p).max()) for p in plain)
     print(f"{sites} sites, neighbourhood {neighbours}: SecAgg+ vs plain FedAvg: max abs error "
           f"{error:.2e}, largest delta {largest:.2e}")
     assert largest > 10 * TOLERANCE  # the sites really moved the model
-    assert error <= TOLERANCE
+    assert MIN_QUANTISATION_ERROR < error <= TOLERANCE
 
 
 def ring(n: int, half: int) -> dict[int, set[int]]:

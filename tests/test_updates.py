@@ -219,9 +219,30 @@ def test_server_momentum_steps_and_resumes(tmp_path):
                         {**state, "last_round": 3, "completed_rounds": [1, 2, 3]})
 
 
-def test_server_momentum_works_under_secure_aggregation():
-    # It reads only the aggregate, so unlike the robust rules it needs no single updates.
-    cfg = RunConfig.from_dict({"labels": "a,b", "server-momentum": 0.9})
-    assert cfg.secure_aggregation and cfg.server_momentum == 0.9
+def test_server_momentum_works_under_secure_aggregation(tmp_path):
+    # Under SecAgg+ Flower's workflow hands aggregate_fit one already-averaged update (dequantised:
+    # float64), set as every surviving site's parameters; FedAvgM reads only that, so it steps as
+    # in a plain run: buffer_t = m * buffer_{t-1} + mean_t, weights += lr * buffer_t.
+    strategy = make_strategy(tmp_path, rounds=2, **{"secure-aggregation": True, "server-momentum": 0.9,
+                                                    "server-learning-rate": 2.0})
+    assert strategy.cfg.secure_aggregation
+    means = [[w.astype(np.float64) for w in honest(seed)] for seed in (1, 2)]
+    for rnd, mean in enumerate(means, 1):
+        strategy.round_record = {"round": rnd}
+        summed = ndarrays_to_parameters(pack(mean))  # the one result SecAgg+ reveals
+        results = [(GridClientProxy(node, None, 1),
+                    FitRes(Status(Code.OK, "ok"), summed, examples, {"site": f"s{node}", "dp": True}))
+                   for node, examples in ((1, 120), (2, 80), (3, 200))]
+        params, _ = strategy.aggregate_fit(rnd, results, [])
+        assert params is not None and strategy.completed_rounds == list(range(1, rnd + 1))
+    buffer = [0.9 * a + b for a, b in zip(*means)]
+    expected = [2.0 * a + 2.0 * m for a, m in zip(means[0], buffer)]
+    for got, want, ref in zip(strategy.global_weights, expected, REFERENCE):
+        assert got.dtype == ref.dtype  # the model keeps its float32 weights
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # ...which differs from plain FedAvg of the same means (so momentum really acted):
+    assert not np.allclose(strategy.global_weights[0], 2.0 * (means[0][0] + means[1][0]), rtol=1e-3)
+    for got, want in zip(strategy.run_dir.load_round_momentum(2), buffer):  # saved for a resume
+        np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(FedSiloError, match="server-momentum"):
         RunConfig.from_dict({"labels": "a,b", "server-momentum": 1.0})
