@@ -9,7 +9,7 @@ names) are only taken after a context word ("MRN", "passport", "Dr", "my name is
 
 This is a recall aid, not a guarantee: pattern rules miss what they were not written for (a
 name with no context and not in the small first-name list, an address without a street
-suffix). `python -m common.pii_synth` measures precision and recall per type.
+suffix). `python -m tests.pii_synth` measures precision and recall per type.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ transaction numbers), and some names, dates and addresses are written in ways th
 do not cover (a name with no context word, "Flat 3, Harbour View"), so the figures show misses
 as well as hits.
 
-    python -m common.pii_synth [--n 600] [--seed 0]   # prints a Markdown table
+    python -m tests.pii_synth [--n 600] [--seed 0]   # prints a Markdown table
 """
 
 from __future__ import annotations
@@ -485,7 +485,7 @@ def markdown_table(results: dict[str, dict[str, float]]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.pii_synth",
+    p = argparse.ArgumentParser(prog="python -m tests.pii_synth",
                                 description="Precision / recall of common.redaction per PII type on "
                                             "labelled synthetic clinical and banking notes (Markdown).")
     p.add_argument("--n", type=int, default=600, help="number of notes [default: 600]")
