@@ -38,3 +38,9 @@ def cli_entry(prog: str):
         return wrapper
 
     return decorate
+
+
+def printable(text: str, limit: int = 60) -> str:
+    """Log content in a message: escape control characters (no terminal tricks), keep it short."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
