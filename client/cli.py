@@ -28,6 +28,7 @@ from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_ledger
 from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
+from client.site_limits import ALLOW_MODEL, CAPS
 from client.supernode import COMMAND as SUPERNODE_COMMAND
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
 from common.audit import AuditLog, generate_key
@@ -124,7 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most of this site's records held out for evaluation; the server may ask for "
                           "less, never more. Evaluation records are not DP-protected: the server receives "
                           "their confusion counts each round [default: %(default)s]")
+    caps = p.add_argument_group(
+        "what a run may ask of this site (the server picks the run's settings; a run asking for more is "
+        "refused with one line naming the option, before anything is loaded, trained or charged; a site also "
+        "trains at most the run's planned rounds per run, whatever fits the server sends. fl-sim's virtual sites "
+        "have none of these caps: there the coordinator plays every site)")
+    caps.add_argument("--allow-model", action="append", default=[], metavar="NAME_OR_PATH",
+                      help="a base model a run may use (repeatable): a local model folder or a Hugging Face "
+                           "name, compared as written, the server's path never looked at; any other is refused "
+                           "[default: only the embedded all-MiniLM-L6-v2, the run option model left empty]")
+    for cap in CAPS:
+        caps.add_argument(f"--{cap.key}", type=positive_int, default=cap.default, metavar="N",
+                          help=f"{cap.help} [default: %(default)s]")
     return p
+
+
+def allowed_models(entries: list[str]) -> list[str]:
+    """--allow-model entries as written (with ~ expanded), and the absolute path of each that is a
+    local folder: the run's `model` must name one of them exactly."""
+    allowed = []
+    for entry in entries:
+        if not entry.strip() or "\n" in entry:
+            raise FedSiloError(f"--allow-model {entry!r}: give a model folder or a Hugging Face name")
+        expanded = os.path.expanduser(entry)
+        allowed += [entry, expanded] + ([str(Path(expanded).resolve())] if Path(expanded).exists() else [])
+    return list(dict.fromkeys(allowed))
 
 
 def connection(args) -> tuple[str, str, list[str]]:
@@ -163,6 +188,7 @@ def main(argv=None) -> int:
     if args.max_retries < 0:
         raise FedSiloError(f"--max-retries {args.max_retries}: give 0 (no limit) or a positive number")
     site, server, tls_args = connection(args)
+    allowed = allowed_models(args.allow_model)
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
     privacy = privacy_from_args(args)
@@ -185,6 +211,9 @@ def main(argv=None) -> int:
           "masked by SecAgg+ only (rounds without it are refused)"), flush=True)
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
+    limits = {cap.key: getattr(args, cap.key.replace("-", "_")) for cap in CAPS}
+    print("fl-client: runs may ask for at most " + ", ".join(f"{cap.run_key} {limits[cap.key]}" for cap in CAPS)
+          + "; models: the embedded one" + "".join(f", {m}" for m in args.allow_model), flush=True)
 
     # One fl-client per ledger, for as long as it runs: a second would charge it concurrently.
     with hold_ledger(ledger):
@@ -193,6 +222,7 @@ def main(argv=None) -> int:
             "text-column": args.text_column, "label-column": args.label_column,
             "audit-log": str(audit_log), "audit-key": str(audit_key),
             "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
+            ALLOW_MODEL: "\n".join(allowed), **limits,
             **privacy.to_node_config()}.items())
         with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
             env = flower_env()

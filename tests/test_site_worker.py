@@ -21,7 +21,7 @@ def request(op, cfg, data, tmp_path, parameters, server_round=1):
             "config": {"server-round": server_round},
             "node_config": {"site": "A", "data-path": str(data), "dp": False,
                             "ledger": str(tmp_path / "ledger.json"), "audit-log": str(tmp_path / "audit.jsonl"),
-                            "audit-key": str(tmp_path / "audit.key")}}
+                            "audit-key": str(tmp_path / "audit.key"), "allow-model": cfg.model}}
 
 
 def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir, tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir,
 
         # A problem the operator can fix comes back as the site's one-line error, and the
         # worker goes on serving.
-        with pytest.raises(FedSiloError, match="not in the run.s label set"):
+        with pytest.raises(FedSiloError, match="records have labels outside the run.s label set"):
             worker.call(request("fit", RunConfig.from_dict({**cfg.to_flat(), "labels": "x,y"}), data, tmp_path,
                                 initial))
         # Only a process that holds the key (fl-client's children) can use the worker.
