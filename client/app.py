@@ -20,7 +20,7 @@ from flwr.common import Error
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGGPLUS_CONFIGS
 
-from client import worker
+from client import worker_link
 from common.data import print_local_detail
 from common.errors import FedSiloError
 
@@ -32,8 +32,8 @@ class SiteClient(NumPyClient):
 
     def _run(self, op: str, parameters, config):
         request = {**self.task, "op": op, "parameters": parameters, "config": dict(config)}
-        if worker.worker_env():
-            return worker.call(request)
+        if worker_link.worker_env():
+            return worker_link.call(request)
         from client.site_round import serve  # simulation: the actor process keeps the state
 
         return serve(request)

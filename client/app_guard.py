@@ -57,10 +57,10 @@ def write_shim(bin_dir: Path) -> Path:
 def main() -> None:
     """The `flwr-clientapp` the SuperNode starts for each message. Under fl-client's site worker it
     only asks the worker to run the task (client/worker.py): no flwr or torch import here."""
-    from client import worker
+    from client import worker_link
 
-    if worker.worker_env():
-        worker.launch(sys.argv[1:])
+    if worker_link.worker_env():
+        worker_link.launch(sys.argv[1:])
         return
     run_flower_clientapp(sys.argv[1:])
 
