@@ -107,11 +107,17 @@ def check_fit_count(site: str, run_id: str, done: int, rounds: int) -> None:
 
 
 class FitCounter:
-    """Fits trained per run, for a site without DP (a DP site counts its ledger's charges): one
-    small JSON file next to the data, written (atomically) before each fit trains."""
+    """Fits trained per run, for a site without DP (a DP site counts its ledger's charges), and
+    evaluations per run, for every site: one small JSON file next to the data, written
+    (atomically) before each one runs. Evaluations are capped too because the server picks the
+    model a site evaluates: each evaluation answers, in confusion counts, a question of the
+    server's choosing about the held-out records, which DP does not cover."""
 
-    def __init__(self, path: Path, site: str):
-        self.path, self.site = Path(path), site
+    def __init__(self, path: Path, site: str, what: str = "fit"):
+        self.path, self.site, self.what = Path(path), site, what
+
+    def _key(self, run_id: str) -> str:
+        return str(run_id) if self.what == "fit" else f"{self.what}:{run_id}"
 
     def _read(self) -> dict:
         if not self.path.exists():
@@ -127,14 +133,18 @@ class FitCounter:
         return doc
 
     def count(self, run_id: str) -> int:
-        return self._read()["runs"].get(str(run_id), 0)
+        return self._read()["runs"].get(self._key(run_id), 0)
 
     def charge(self, run_id: str, rounds: int) -> None:
-        """Count one more fit of the run, refusing it past the run's rounds."""
+        """Count one more fit (or evaluation) of the run, refusing it past the run's rounds."""
         doc = self._read()
-        done = doc["runs"].get(str(run_id), 0)
-        check_fit_count(self.site, run_id, done, rounds)
-        doc["runs"][str(run_id)] = done + 1
+        done = doc["runs"].get(self._key(run_id), 0)
+        if self.what == "fit":
+            check_fit_count(self.site, run_id, done, rounds)
+        elif done >= rounds:
+            raise SiteRefusal(f"site {self.site} refuses another {self.what}: it answered {done} of the run's "
+                              f"{rounds} planned round(s) already")
+        doc["runs"][self._key(run_id)] = done + 1
         try:
             atomic_write_json(self.path, doc)
         except OSError as err:

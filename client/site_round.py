@@ -192,6 +192,8 @@ class SiteRound:
         data = self.eval_data
         if len(data) == 0:
             return 0.0, 0, {"site": self.site.name}
+        if self.limited:  # the server picks the model evaluated: at most one evaluation per planned round
+            FitCounter(self.site.fit_counts, self.site.name, "evaluation").charge(self.run_id, self.cfg.rounds)
         started = time.perf_counter()
         loss, confusion = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels))
         # Aggregate counts only: the confusion matrix of the site's eval split.

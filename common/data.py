@@ -219,8 +219,9 @@ def encode_labels(records: Records, label_set: tuple[str, ...], source: str = "d
         detail = f"{source}: label(s) {shown} not in the run's label set ({', '.join(label_set)})"
         if quote_values:
             raise FedSiloError(detail)
-        outside = sum(lab not in index for lab in records.labels)
-        raise LocalDetailError(f"{source}: {outside} records have labels outside the run's label set", detail)
+        # No values and no count leave the site: with a count, a server that adds a guessed label to
+        # the set would learn from the count's drop that the site holds it, and how often.
+        raise LocalDetailError(f"{source}: some records have labels outside the run's label set", detail)
     return np.array([index[lab] for lab in records.labels], dtype=np.int64)
 
 
