@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_
 from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
 from client.site_limits import ALLOW_MODEL, CAPS
 from client.supernode import COMMAND as SUPERNODE_COMMAND
-from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
+from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV, SECRET_ENV
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
@@ -232,6 +233,11 @@ def main(argv=None) -> int:
             # a SecAgg+ round has five of them.
             env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
             env[PULL_ENV] = str(args.pull_interval)  # read by client/supernode.py
+            # The Runtime API's credential (client/supernode.py): only this site's own processes get it.
+            secret = Path(tmp) / "superexec.secret"
+            secret.write_bytes(secrets.token_bytes(32))
+            secret.chmod(0o600)
+            env[SECRET_ENV] = str(secret)
             if args.threads:  # read by torch when it is imported, in the worker or a task process
                 env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
             retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
