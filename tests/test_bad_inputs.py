@@ -220,6 +220,9 @@ CASES = [
          "bad.jsonl:2: invalid JSON", "data-jsonl-broken-line"),
     case("fl-client", client(data_file=data("list.jsonl", '["a", "card"]\n')), "expected a JSON object per line",
          "data-jsonl-not-an-object"),
+    case("fl-client", client(data_file=data("deep.jsonl", '{"text": "a", "label": "card"}\n{"text": '
+                                            + "[" * 100_000 + "]" * 100_000 + "}\n")),
+         "deep.jsonl:2: JSON nested deeper than 32 levels", "data-jsonl-deeply-nested"),
     case("fl-sim", sim("--labels", LABELS, data_file=data("mortgage.tsv", GOOD + "b\tmortgage\n")),
          "'mortgage' not in the run's label set", "data-label-outside-label-set"),
     case("fl-sim", sim("--sites", "50"), "has only 20 records", "data-fewer-records-than-sites"),
@@ -238,6 +241,8 @@ CASES = [
          "invalid port 70000", "config-port-out-of-range"),
     case("fl-server", server("--insecure", "--labels", "card"), "at least two labels", "config-one-label"),
     case("fl-client", client("--threads", "0"), "argument --threads: invalid number 0", "config-client-threads-zero"),
+    case("fl-client", client("--max-rounds", "0"), "argument --max-rounds: invalid number 0",
+         "config-client-max-rounds-zero"),
     case("fl-client", client("--pull-interval", "0"), "--pull-interval 0.0: give a number of seconds from 0.1 to 60",
          "config-client-pull-interval-zero"),
     case("fl-server", server("--insecure", "--labels", "card,loan,card"), "the label set has duplicates",

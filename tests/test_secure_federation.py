@@ -106,7 +106,7 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
 
         for name in ("A", "B"):
             sites.append(start("fl-client", "--kit", fed / "kits" / name, "--data", site_file(demo_dir, name, tmp_path),
-                               "--no-dp", log=logs[name]))
+                               "--no-dp", "--allow-model", tiny_model, log=logs[name]))
         wait_for_text(tmp_path / "modified-run" / "metrics.jsonl", "app not approved by this site", timeout=400)
         assert server.wait(timeout=600) == 0, (tmp_path / "server.log").read_text()[-4000:]
     finally:
@@ -164,7 +164,7 @@ def test_secagg_survives_one_dropout_and_reports_too_many(tiny_model, demo_dir, 
         wait_for_text(tmp_path / "server.log", "waiting for", server, timeout=90)
         for name in names:
             sites[name] = start("fl-client", "--kit", fed / "kits" / name, "--data", data / f"site-{name}.tsv",
-                                "--no-dp", log=logs[name])
+                                "--no-dp", "--allow-model", tiny_model, log=logs[name])
         # One of four drops while the round's training runs (after the key exchange): the others finish it.
         wait_for_any(tmp_path, names, "round 1: trained on", server, timeout=400)
         kill_site(sites["D"])
