@@ -36,7 +36,7 @@ def approved_app_hash() -> str:
     again (30 sites on one host spent 1.7 GB on them)."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-c", "from client.app_guard import installed_app_hash as h; print(h())"],
+    done = subprocess.run([sys.executable, "-P", "-c", "from client.app_guard import installed_app_hash as h; print(h())"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     digest = done.stdout.strip()
     if done.returncode != 0 or len(digest) != 64:

@@ -74,7 +74,7 @@ def start(directory: Path, env: dict) -> tuple[subprocess.Popen, dict[str, str]]
     from common.launch import die_with_parent
 
     address, key = str(directory / "site-worker.sock"), secrets.token_hex(32)
-    worker = subprocess.Popen([sys.executable, "-m", "client.worker"], env={**env, ADDRESS_ENV: address, KEY_ENV: key},
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "client.worker"], env={**env, ADDRESS_ENV: address, KEY_ENV: key},
                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     return worker, {ADDRESS_ENV: address, KEY_ENV: key}
 

@@ -122,6 +122,14 @@ def check_node_key(path: Path) -> None:
         raise FedSiloError(f"site key {path} must be a NIST EC (P-256/P-384) key")
 
 
+def node_public_key(path: Path) -> list[bytes]:
+    """The OpenSSH public line's type and key of a site's private key (its comment dropped), to
+    compare with the .pub the coordinator enrolled."""
+    key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).split()[:2]
+
+
 def check_certificate(path: Path, what: str) -> x509.Certificate:
     try:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())

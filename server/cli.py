@@ -1,7 +1,7 @@
 """fl-server: provision a federation and coordinate its runs.
 
     fl-server init   --dir FED --host NAME_OR_IP [--port 9092]   CA, server certificate, keys
-    fl-server enroll --dir FED --site A [--public-key A.pub]      a site's key and kit
+    fl-server enroll --dir FED --site A --public-key A.pub       a site's kit, for the key it made
     fl-server renew  --dir FED [--days 365]                        a new server certificate, same CA
     fl-server [run]  --federation FED --labels ...                 TLS, enrolled sites, SecAgg+
     fl-server [run]  --insecure --labels ...                       plaintext on 127.0.0.1 only
@@ -79,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", help="enroll a site: its key pair and a kit to hand over")
     enroll.add_argument("--dir", required=True, help="the federation folder")
     enroll.add_argument("--site", required=True, help="the site's name")
-    enroll.add_argument("--public-key", help="import the site's own OpenSSH public key instead of "
-                                             "generating a key pair (the site keeps its private key)")
+    enroll.add_argument("--public-key", help="the site's own OpenSSH public key (made at the site with "
+                                             "`fl-client --make-key FILE`: the site keeps its private key)")
+    enroll.add_argument("--generate-site-key", action="store_true",
+                        help="make the site's key pair here and put the private key in the kit (for trying "
+                             "FedSilo on one machine: this coordinator then holds the site's private key)")
     enroll.add_argument("--replace", action="store_true",
                         help="re-enrol a site already enrolled: a new key and kit (its old kit stops working)")
 
@@ -119,15 +122,16 @@ def main(argv=None) -> int:
         fed = Federation(args.dir)
         fed.init(args.host, args.port)
         print(f"fl-server: federation created in {fed.path} (sites connect to {fed.meta()['address']}); "
-              f"enroll sites with: fl-server enroll --dir {fed.path} --site NAME")
+              f"enroll sites with: fl-server enroll --dir {fed.path} --site NAME --public-key NAME.pub")
         print(f"fl-server: the server certificate expires on {_day(fed.server_cert)} (renew it before: "
               f"fl-server renew --dir {fed.path}); the CA on {_day(fed.ca)}")
         return 0
     if args.command == "enroll":
         kit = Federation(args.dir).enroll(args.site, Path(args.public_key) if args.public_key else None,
-                                          replace=args.replace)
+                                          replace=args.replace, generate=args.generate_site_key)
+        key = " --key ITS_KEY" if args.public_key else ""
         print(f"fl-server: site {args.site} enrolled; hand {kit} to the site "
-              f"(it starts with: fl-client --kit {kit} --data FILE)")
+              f"(it starts with: fl-client --kit {kit}{key} --data FILE)")
         return 0
     if args.command == "renew":
         if not 1 <= args.days <= 3650:

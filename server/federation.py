@@ -123,10 +123,14 @@ class Federation:
             raise FedSiloError(f"cannot write the federation folder {self.path}: {err.strerror}") from None
         atomic_write_json(self.meta_path, {"address": f"{hosts[0]}:{port}", "hosts": hosts})
 
-    def enroll(self, site: str, public_key: Path | None = None, replace: bool = False) -> Path:
-        """Create (or import) the site's key pair and write its kit; returns the kit folder. An
-        enrolled site, or a kit folder already there, is refused unless `replace` (the site's old
-        key is then forgotten: its kit stops working)."""
+    def enroll(self, site: str, public_key: Path | None = None, replace: bool = False,
+               generate: bool = False) -> Path:
+        """Import the site's public key (or, with `generate`, make its key pair here) and write its
+        kit; returns the kit folder. An enrolled site, or a kit folder already there, is refused
+        unless `replace` (the site's old key is then forgotten: its kit stops working).
+
+        The site makes its own key by default: a coordinator that held a site's private key could
+        connect as that site. `generate` is for trying FedSilo on one machine."""
         check_site_name(site)
         meta = self.meta()
         kit, pub = self.path / "kits" / site, self.path / "sites" / f"{site}.pub"
@@ -136,6 +140,10 @@ class Federation:
         if not replace and (kit.exists() or kit.is_symlink()):
             raise FedSiloError(f"{kit} already exists; refusing to overwrite a site's kit and key "
                                "(re-enrol the site with --replace)")
+        if public_key is None and not generate:
+            raise FedSiloError(f"give site {site}'s public key with --public-key: the site makes its key pair "
+                               "with `fl-client --make-key FILE` and sends FILE.pub (or --generate-site-key makes "
+                               "it here, and this coordinator then holds the site's private key)")
         if public_key is not None:
             _check_public_key(public_key)  # before anything is written
         self.make_private()
@@ -154,8 +162,11 @@ class Federation:
         atomic_write_bytes(kit / "ca.pem", self.ca.read_bytes())
         atomic_write_json(kit / "kit.json", {"site": site, "server": meta["address"]})
         atomic_write_text(kit / "README.txt",
-                          f"FedSilo site kit for site {site}. Keep site.key secret.\n"
-                          f"Start the site with:  fl-client --kit {kit} --data YOUR_DATA.tsv\n")
+                          f"FedSilo site kit for site {site}.\n" + (
+                              f"Start the site with:  fl-client --kit {kit} --key YOUR_SITE.key --data YOUR_DATA.tsv\n"
+                              if public_key is not None else
+                              "Keep site.key secret (it was made by the coordinator: --generate-site-key).\n"
+                              f"Start the site with:  fl-client --kit {kit} --data YOUR_DATA.tsv\n"))
         return kit
 
     def renew(self, days: int = VALID_DAYS) -> dt.datetime:

@@ -167,7 +167,8 @@ def fed(tmp_path) -> Path:
     fed = tmp_path / "fed"
     init = run_cli("fl-server", "init", "--dir", fed, "--host", "127.0.0.1", timeout=120)
     assert init.returncode == 0, init.stderr
-    assert run_cli("fl-server", "enroll", "--dir", fed, "--site", "A", timeout=120).returncode == 0
+    assert run_cli("fl-server", "enroll", "--dir", fed, "--site", "A", "--generate-site-key",
+                   timeout=120).returncode == 0
     return fed
 
 
@@ -184,7 +185,8 @@ def test_enroll_never_overwrites_a_kit_or_key(fed):
     assert_clean_error(run_cli("fl-server", "enroll", "--dir", fed, "--site", "A", timeout=120), "refusing to overwrite")
     assert (fed / "kits" / "A" / "site.key").read_bytes() == key
     # Asked for explicitly: a new key and kit.
-    again = run_cli("fl-server", "enroll", "--dir", fed, "--site", "A", "--replace", timeout=120)
+    again = run_cli("fl-server", "enroll", "--dir", fed, "--site", "A", "--replace", "--generate-site-key",
+                    timeout=120)
     assert again.returncode == 0, again.stderr
     assert (fed / "kits" / "A" / "site.key").read_bytes() != key
     assert (fed / "sites" / "A.pub").read_bytes() == (fed / "kits" / "A" / "site.key.pub").read_bytes()

@@ -50,7 +50,8 @@ def provision(tmp_path: Path, host: str, port: int, sites: list[str]) -> Path:
     made = run_cli("fl-server", "init", "--dir", fed, "--host", host, "--port", port, timeout=120)
     assert made.returncode == 0, made.stderr
     for site in sites:
-        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site, timeout=120).returncode == 0
+        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site, "--generate-site-key",
+                       timeout=120).returncode == 0
     return fed
 
 
