@@ -10,6 +10,7 @@ Built on Flower's NumPyClient / ClientApp(client_fn=...) stack, the one SecAgg+ 
 from __future__ import annotations
 
 import sys
+import traceback
 
 from flwr.app import Context, Message, MessageType
 from flwr.client import NumPyClient
@@ -19,7 +20,8 @@ from flwr.common import Error
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGGPLUS_CONFIGS
 
-from client import worker
+from client import worker_link
+from common.data import print_local_detail
 from common.errors import FedSiloError
 
 
@@ -30,8 +32,8 @@ class SiteClient(NumPyClient):
 
     def _run(self, op: str, parameters, config):
         request = {**self.task, "op": op, "parameters": parameters, "config": dict(config)}
-        if worker.worker_env():
-            return worker.call(request)
+        if worker_link.worker_env():
+            return worker_link.call(request)
         from client.site_round import serve  # simulation: the actor process keeps the state
 
         return serve(request)
@@ -50,12 +52,20 @@ def client_fn(context: Context):
 def site_errors_mod(msg: Message, context: Context, call_next) -> Message:
     """A problem the site's operator can fix (bad data file, label outside the set, ...) becomes
     one line on the site's console and an error reply the server names in its round summary,
-    instead of a traceback."""
+    instead of a traceback. The reply says only what may leave the site: an error's local detail
+    (which labels, which path, what a file held) goes to the site's console alone."""
     try:
         return call_next(msg, context)
     except FedSiloError as err:
         print(f"fl-client: error: {err}", file=sys.stderr, flush=True)
+        print_local_detail(err)
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
+    except Exception as err:  # noqa: BLE001 - a bug, whose text (it may quote data) Flower would send
+        if "data-path" not in context.node_config:  # a simulated site: the coordinator's own, as before
+            raise
+        traceback.print_exc()
+        reason = f"the site's ClientApp failed ({type(err).__name__}); the site's console has the traceback"
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 ALLOW_UNMASKED = "allow-unmasked-updates"  # node config, set only by fl-client --allow-unmasked-updates

@@ -36,7 +36,7 @@ def approved_app_hash() -> str:
     again (30 sites on one host spent 1.7 GB on them)."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-c", "from client.app_guard import installed_app_hash as h; print(h())"],
+    done = subprocess.run([sys.executable, "-P", "-c", "from client.app_guard import installed_app_hash as h; print(h())"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     digest = done.stdout.strip()
     if done.returncode != 0 or len(digest) != 64:
@@ -57,10 +57,10 @@ def write_shim(bin_dir: Path) -> Path:
 def main() -> None:
     """The `flwr-clientapp` the SuperNode starts for each message. Under fl-client's site worker it
     only asks the worker to run the task (client/worker.py): no flwr or torch import here."""
-    from client import worker
+    from client import worker_link
 
-    if worker.worker_env():
-        worker.launch(sys.argv[1:])
+    if worker_link.worker_env():
+        worker_link.launch(sys.argv[1:])
         return
     run_flower_clientapp(sys.argv[1:])
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,16 +29,19 @@ from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_ledger
 from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
+from client.site_limits import ALLOW_MODEL, CAPS
 from client.supernode import COMMAND as SUPERNODE_COMMAND
-from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV
+from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV, SECRET_ENV
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
+from common.pki import make_node_key
 from common.launch import (
     die_with_parent,
     flower_env,
     free_port,
+    process_identity,
     require_loopback,
     split_address,
     stop,
@@ -77,9 +81,14 @@ STALE_SESSION_S = 65.0
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fl-client", description=DESCRIPTION)
-    p.add_argument("--kit", metavar="DIR", help="site kit from the coordinator (CA, site key, server address)")
+    p.add_argument("--make-key", metavar="FILE",
+                   help="make this site's key pair (FILE and FILE.pub) and stop: send FILE.pub to the coordinator "
+                        "(fl-server enroll --public-key), keep FILE, and start with --kit KIT --key FILE")
+    p.add_argument("--kit", metavar="DIR", help="site kit from the coordinator (CA, server address, enrolled key)")
+    p.add_argument("--key", metavar="FILE", help="this site's private key, made with --make-key [default: the "
+                                                 "kit's site.key, where the coordinator made one]")
     p.add_argument("--site", metavar="NAME", help="this site's name (taken from the kit when given)")
-    p.add_argument("--data", required=True, metavar="FILE", help="the site's labelled data file")
+    p.add_argument("--data", metavar="FILE", help="the site's labelled data file (required to join)")
     p.add_argument("--server", metavar="HOST:PORT",
                    help="the coordinator's address [default: the kit's, or 127.0.0.1:9092 with --insecure]")
     p.add_argument("--insecure", action="store_true",
@@ -124,7 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most of this site's records held out for evaluation; the server may ask for "
                           "less, never more. Evaluation records are not DP-protected: the server receives "
                           "their confusion counts each round [default: %(default)s]")
+    caps = p.add_argument_group(
+        "what a run may ask of this site (the server picks the run's settings; a run asking for more is "
+        "refused with one line naming the option, before anything is loaded, trained or charged; a site also "
+        "trains at most the run's planned rounds per run, whatever fits the server sends. fl-sim's virtual sites "
+        "have none of these caps: there the coordinator plays every site)")
+    caps.add_argument("--allow-model", action="append", default=[], metavar="NAME_OR_PATH",
+                      help="a base model a run may use (repeatable): a local model folder or a Hugging Face "
+                           "name, compared as written, the server's path never looked at; any other is refused "
+                           "[default: only the embedded all-MiniLM-L6-v2, the run option model left empty]")
+    for cap in CAPS:
+        caps.add_argument(f"--{cap.key}", type=positive_int, default=cap.default, metavar="N",
+                          help=f"{cap.help} [default: %(default)s]")
     return p
+
+
+def allowed_models(entries: list[str]) -> list[str]:
+    """--allow-model entries as written (with ~ expanded), and the absolute path of each that is a
+    local folder: the run's `model` must name one of them exactly."""
+    allowed = []
+    for entry in entries:
+        if not entry.strip() or "\n" in entry:
+            raise FedSiloError(f"--allow-model {entry!r}: give a model folder or a Hugging Face name")
+        expanded = os.path.expanduser(entry)
+        allowed += [entry, expanded] + ([str(Path(expanded).resolve())] if Path(expanded).exists() else [])
+    return list(dict.fromkeys(allowed))
 
 
 def connection(args) -> tuple[str, str, list[str]]:
@@ -132,7 +165,7 @@ def connection(args) -> tuple[str, str, list[str]]:
     if args.kit and args.insecure:
         raise FedSiloError("--kit and --insecure exclude each other")
     if args.kit:
-        kit = load_kit(args.kit)
+        kit = load_kit(args.kit, args.key)
         if args.site and args.site != kit["site"]:
             raise FedSiloError(f"--site {args.site} does not match the kit's site {kit['site']}")
         server = args.server or kit["server"]
@@ -153,7 +186,17 @@ def connection(args) -> tuple[str, str, list[str]]:
 
 @cli_entry("fl-client")
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.make_key:
+        pub = make_node_key(Path(args.make_key).expanduser().resolve())
+        print(f"fl-client: wrote {args.make_key} (keep it secret, at this site) and {pub}; send {pub} to the "
+              f"coordinator (fl-server enroll --public-key), then start with --kit KIT --key {args.make_key}")
+        return 0
+    if not args.data:
+        parser.error("the following arguments are required: --data")
+    if args.key and not args.kit:
+        raise FedSiloError("--key is the key enrolled in a kit: give --kit too")
     if not 0.1 <= args.pull_interval <= 60:  # also refuses nan and inf
         raise FedSiloError(f"--pull-interval {args.pull_interval}: give a number of seconds from 0.1 to 60")
     if not 1 <= args.max_wait <= 7 * 86400:  # also refuses nan and inf: the wait must end
@@ -163,6 +206,7 @@ def main(argv=None) -> int:
     if args.max_retries < 0:
         raise FedSiloError(f"--max-retries {args.max_retries}: give 0 (no limit) or a positive number")
     site, server, tls_args = connection(args)
+    allowed = allowed_models(args.allow_model)
     data = Path(args.data).expanduser().resolve()
     records = read_records(data, args.text_column, args.label_column)
     privacy = privacy_from_args(args)
@@ -174,7 +218,9 @@ def main(argv=None) -> int:
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
     audit_log = Path(args.audit_log).expanduser().resolve() if args.audit_log else data.with_name(data.name + ".audit.jsonl")
-    audit_key = Path(args.kit).resolve() / "site.key" if args.kit else data.with_name(data.name + ".audit-key")
+    # Its own key, never the node key the kit holds: a coordinator that made the site's node key
+    # (--generate-site-key) must not be able to sign the site's audit trail.
+    audit_key = data.with_name(data.name + ".audit-key")
     print(f"fl-client: {privacy_status(privacy, ledger, records, audit_key, audit_log)}", flush=True)
     if not audit_key.exists():
         generate_key(audit_key)
@@ -185,6 +231,9 @@ def main(argv=None) -> int:
           "masked by SecAgg+ only (rounds without it are refused)"), flush=True)
     for line in report_lines(redactions, len(records)) if privacy.redact else ["redaction is OFF (--no-redact)"]:
         print(f"fl-client: redaction: {line}", flush=True)
+    limits = {cap.key: getattr(args, cap.key.replace("-", "_")) for cap in CAPS}
+    print("fl-client: runs may ask for at most " + ", ".join(f"{cap.run_key} {limits[cap.key]}" for cap in CAPS)
+          + "; models: the embedded one" + "".join(f", {m}" for m in args.allow_model), flush=True)
 
     # One fl-client per ledger, for as long as it runs: a second would charge it concurrently.
     with hold_ledger(ledger):
@@ -193,15 +242,23 @@ def main(argv=None) -> int:
             "text-column": args.text_column, "label-column": args.label_column,
             "audit-log": str(audit_log), "audit-key": str(audit_key),
             "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
+            ALLOW_MODEL: "\n".join(allowed), **limits,
             **privacy.to_node_config()}.items())
         with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
-            env = flower_env()
+            # The SuperNode installs each run's app bundle under FLWR_HOME: a fresh private folder
+            # per fl-client, never ~/.flwr/apps, whose cached folders it would run unchecked.
+            env = flower_env(Path(tmp) / "flwr")
             env["PATH"] = str(write_shim(Path(tmp) / "bin").parent) + os.pathsep + env["PATH"]
             env[APPROVED_ENV] = approved_app_hash()
             # How often the SuperNode's task launcher looks for a new message to start (Flower: 1 s);
             # a SecAgg+ round has five of them.
             env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
             env[PULL_ENV] = str(args.pull_interval)  # read by client/supernode.py
+            # The Runtime API's credential (client/supernode.py): only this site's own processes get it.
+            secret = Path(tmp) / "superexec.secret"
+            secret.write_bytes(secrets.token_bytes(32))
+            secret.chmod(0o600)
+            env[SECRET_ENV] = str(secret)
             if args.threads:  # read by torch when it is imported, in the worker or a task process
                 env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
             retries = ["--max-retries", str(args.max_retries)] if args.max_retries else []
@@ -232,32 +289,40 @@ def main(argv=None) -> int:
 class SessionMark:
     """A file that exists while this site's key has a SuperNode running (removed on every clean
     exit). Found at start, it means the last session ended without signing off, so a refused
-    activation (code 2004) may be that session, still counted online: see STALE_SESSION_S."""
+    activation (code 2004) may be that session, still counted online: see STALE_SESSION_S.
+
+    It lives in the site's own kit folder (never a shared temporary folder, where another user
+    could plant it or a symlink in its place), is written without following a symlink, and names
+    its fl-client by pid and start time (a reused pid is not the same process)."""
 
     def __init__(self, kit: Path):
-        key_id = hashlib.sha256(str((kit / "site.key").resolve()).encode()).hexdigest()[:16]
-        self.path = Path(tempfile.gettempdir()) / f"fedsilo-session-{key_id}"
+        self.path = kit.resolve() / ".fl-client-session"
         self.stale = False
 
-    def __enter__(self) -> "SessionMark":
+    def _read(self) -> str | None:
         try:
-            pid = int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = None
-        if pid is not None:  # the mark of a session that did not end cleanly, unless its fl-client still runs
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                self.stale = True
-            except PermissionError:
-                pass
+            info = os.lstat(self.path)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                return None  # not ours: ignore it, and replace it below
+            return self.path.read_text(encoding="ascii").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def __enter__(self) -> "SessionMark":
+        mark = self._read()
+        if mark is not None:  # the mark of a session that did not end cleanly, unless its fl-client still runs
+            pid = mark.split(":")[0]
+            self.stale = not pid.isdigit() or process_identity(int(pid)) != mark
         with contextlib.suppress(OSError):
-            self.path.write_text(str(os.getpid()))
+            self.path.unlink(missing_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(process_identity(os.getpid()) or str(os.getpid()))
         return self
 
     def __exit__(self, *exc) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            if int(self.path.read_text().strip()) == os.getpid():
+        with contextlib.suppress(OSError):
+            if self._read() == (process_identity(os.getpid()) or str(os.getpid())):
                 self.path.unlink()
 
 
@@ -282,9 +347,11 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
     # die_with_parent: if fl-client itself is killed (kill -9 of its process group, which does not
     # hold the SuperNode), the SuperNode gets SIGTERM and signs off instead of running on orphaned,
     # still holding the site's key, so that a restarted fl-client could not connect.
+    # cwd: the private FLWR_HOME's folder, not wherever the operator started fl-client
     supernode = subprocess.Popen([*SUPERNODE_COMMAND, *args], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                 errors="replace", start_new_session=True, preexec_fn=die_with_parent)
+                                 errors="replace", start_new_session=True, preexec_fn=die_with_parent,
+                                 cwd=Path(env["FLWR_HOME"]).parent)
     fatal, attempts = None, 0
     try:
         for line in supernode.stdout:

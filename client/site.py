@@ -17,7 +17,7 @@ import numpy as np
 
 from client.ledger import default_ledger_path, fingerprint
 from common.config import RunConfig
-from common.data import Records, encode_labels, partition, read_records, split_train_eval
+from common.data import LocalDetailError, Records, encode_labels, partition, read_records, split_train_eval
 from common.errors import FedSiloError
 from common.privacy import SitePrivacy
 from common.redaction import ENTITY_TYPES, Redactor
@@ -34,6 +34,7 @@ class SiteData:
     ledger_path: Path
     audit_log: Path  # the site's signed audit trail
     audit_key: Path
+    fit_counts: Path  # fits trained per run, for a site without DP (client/site_limits.py)
     redactions: Counter  # placeholders inserted, by type (counts only, never values)
     train: Records
     train_labels: np.ndarray
@@ -47,12 +48,16 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     if "data-path" in node_config:
         name = str(node_config.get("site", "site"))
         data_path = Path(str(node_config["data-path"]))
-        records = read_records(data_path, text_col, label_col)
+        try:
+            records = read_records(data_path, text_col, label_col)
+        except FedSiloError as err:  # its path, lines and column names stay on the site's console
+            raise LocalDetailError(f"site {name}: its data file cannot be read", str(err)) from None
         # Deployment: privacy settings come from fl-client, never from the server's run config.
         privacy = SitePrivacy.from_mapping(node_config)
         ledger = Path(str(node_config.get("ledger") or default_ledger_path(data_path)))
         audit_log = Path(str(node_config.get("audit-log") or data_path.with_name(data_path.name + ".audit.jsonl")))
         audit_key = Path(str(node_config.get("audit-key") or data_path.with_name(data_path.name + ".audit-key")))
+        fit_counts = data_path.with_name(data_path.name + ".fits.json")
     elif "partition-id" in node_config:
         if not cfg.sim_data:
             raise FedSiloError("simulation needs the run option sim-data (the file to partition)")
@@ -68,9 +73,11 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         state.mkdir(parents=True, exist_ok=True)
         ledger = state / f"{name}.privacy-ledger.json"
         audit_log, audit_key = state / f"{name}.audit.jsonl", state / f"{name}.audit-key"
+        fit_counts = state / f"{name}.fits.json"
     else:
         raise FedSiloError("this SuperNode has no data: start it with fl-client --data PATH")
-    labels = encode_labels(records, cfg.labels, f"site {name}")
+    # The server picks the label set: a real site tells it how many records fall outside, never which labels.
+    labels = encode_labels(records, cfg.labels, f"site {name}", quote_values="data-path" not in node_config)
     texts, redactions = redact(records.texts, privacy)
     if "data-path" in node_config:
         # The site owns its held-out share: the server may ask for less, never more. The split
@@ -81,7 +88,7 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         fraction, split_seed = cfg.eval_fraction, cfg.seed
     train_idx, eval_idx = split_train_eval(len(records), fraction, split_seed)
     clean = Records(texts, records.labels)
-    return SiteData(name, records, privacy, ledger, audit_log, audit_key, redactions,
+    return SiteData(name, records, privacy, ledger, audit_log, audit_key, fit_counts, redactions,
                     clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])
 
 

@@ -10,6 +10,11 @@ per run instead of once per message. The tokenizer and model depend on the run o
 `serve()` keeps them apart from the site: a simulation actor that serves many virtual sites in
 turn loads them once per run, not once per site (each message sets the trainable weights it
 was sent before using the model, and the frozen ones never change).
+
+A real site first holds each message to its own caps (client/site_limits.py): the run's model on
+its --allow-model list, its rounds, epochs, batch size, text length and labels within the site's
+limits, and at most the run's rounds fits per run. Errors that would quote the site's data, paths
+or files reach the server as one generic line; the detail stays on the site's console.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import numpy as np
 from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
 from client.private_train import DPStepPlan, train_dp
 from client.site import site_data
+from client.site_limits import FitCounter, SiteRefusal, applies, check_fit_count, check_run
 from client.train import evaluate_local, train_local
 from common.audit import AuditLog, generate_key
 from common.batching import encode
 from common.config import RunConfig
+from common.data import LocalDetailError, print_local_detail
 from common.errors import FedSiloError
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
 from common.privacy import calibrate_noise, sample_rate, steps_per_round
@@ -36,12 +43,19 @@ from common.updates import pack, unpack, update_problem
 class RunModel:
     """The run's config, tokenizer and model: the same for every site of the run."""
 
-    def __init__(self, run_config: dict):
+    def __init__(self, run_config: dict, site: str | None = None):
+        """site: the real site loading it, whose console alone learns why a model did not load."""
         started = time.perf_counter()
         self.cfg = RunConfig.from_dict(dict(run_config))
         self.cfg.require_labels()
-        self.tokenizer = load_tokenizer(self.cfg.model)
-        self.model = build_model(self.cfg)
+        try:
+            self.tokenizer = load_tokenizer(self.cfg.model)
+            self.model = build_model(self.cfg)
+        except FedSiloError as err:
+            if site is None:
+                raise
+            # What loading found at the site's path (one allowed by --allow-model) stays on its console.
+            raise LocalDetailError(f"site {site} cannot load the run's model", str(err)) from None
         self._unreported = time.perf_counter() - started  # the first site served reports it
 
     def take_load_seconds(self) -> float:
@@ -57,6 +71,7 @@ class SiteRound:
         self.tokenizer, self.model = run_model.tokenizer, run_model.model
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.run_id = str(run_id)
+        self.limited = applies(node_config)  # a real site: it trains at most the run's rounds times
         loaded = time.perf_counter()
         self.train_data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length, self.site.train_labels)
         self.eval_data = encode(self.tokenizer, self.site.eval.texts, self.cfg.max_length, self.site.eval_labels)
@@ -70,10 +85,13 @@ class SiteRound:
 
     def audit(self, kind: str, data: dict) -> None:
         """Append to the site's own signed audit trail (kept next to its data, never sent)."""
-        if not self.site.audit_key.exists():
-            generate_key(self.site.audit_key)  # plaintext/simulation sites have no kit key
-        AuditLog(self.site.audit_log, self.site.audit_key, f"site {self.site.name}").append(
-            kind, {"run_id": self.run_id, **data})
+        try:
+            if not self.site.audit_key.exists():
+                generate_key(self.site.audit_key)  # plaintext/simulation sites have no kit key
+            AuditLog(self.site.audit_log, self.site.audit_key, f"site {self.site.name}").append(
+                kind, {"run_id": self.run_id, **data})
+        except FedSiloError as err:  # its paths stay on the site's console
+            raise LocalDetailError(f"site {self.site.name}: its audit log cannot be written", str(err)) from None
 
     def received(self, packed: list[np.ndarray]) -> list[np.ndarray]:
         """The global weights a message carries, cut into this model's trainable tensors."""
@@ -88,7 +106,7 @@ class SiteRound:
         server_round = int(config.get("server-round", 0))
         try:
             return self._fit(parameters, server_round)
-        except BudgetExhausted as err:
+        except (BudgetExhausted, SiteRefusal) as err:
             self.audit("refusal", {"round": server_round, "reason": str(err)})
             raise
 
@@ -101,6 +119,8 @@ class SiteRound:
         if self.site.privacy.dp:  # noise and sampling from the site's CSPRNG, never from the run's seed
             stats, report = self._train_private(data, server_round, desc)
         else:  # no DP to protect: shuffling may follow the run's seed, for reproducible runs
+            if self.limited:
+                FitCounter(self.site.fit_counts, self.site.name).charge(self.run_id, self.cfg.rounds)
             stats = train_local(self.model, data, self.cfg, self.pad_id, seed=self.cfg.seed * 100_003 + server_round,
                                 desc=desc)
             # Without DP the site says so in every report it sends.
@@ -133,19 +153,30 @@ class SiteRound:
         privacy, n = self.site.privacy, len(data)
         if not self.site.audit_key.exists():
             generate_key(self.site.audit_key)  # the ledger is signed with the site's key
-        ledger = PrivacyLedger(self.site.ledger_path, fingerprint(self.site.records), len(self.site.records),
-                               privacy.delta_for(len(self.site.records)) if privacy.delta else None,
-                               privacy.accountant, signing_key=self.site.audit_key,
-                               audit_log=self.site.audit_log, records=self.site.records)
+        try:
+            ledger = PrivacyLedger(self.site.ledger_path, fingerprint(self.site.records), len(self.site.records),
+                                   privacy.delta_for(len(self.site.records)) if privacy.delta else None,
+                                   privacy.accountant, signing_key=self.site.audit_key,
+                                   audit_log=self.site.audit_log, records=self.site.records)
+        except FedSiloError as err:  # the ledger's path and state stay on the site's console
+            raise LocalDetailError(f"site {self.site.name}: its privacy ledger refuses the round", str(err)) from None
+        if self.limited:  # the run's charges on the ledger are the fits it trained
+            check_fit_count(self.site.name, self.run_id, sum(e["run_id"] == self.run_id for e in ledger.entries),
+                            self.cfg.rounds)
         delta = ledger.delta  # the ledger's own delta while it stays below 1/n (client/ledger.py)
         for note in ledger.notes:
             print(f"site {self.site.name}: privacy ledger: {note}", flush=True)
         q = sample_rate(self.cfg.batch_size, n)
         steps = steps_per_round(q, self.cfg.local_epochs)
         sigma = calibrate_noise(privacy.target_epsilon, delta, q, steps * self.cfg.rounds, privacy.accountant)
-        epsilon = ledger.charge(site=self.site.name, run_id=self.run_id, server_round=server_round,
-                                noise_multiplier=sigma, sample_rate=q, steps=steps,
-                                budget=privacy.privacy_budget)
+        try:
+            epsilon = ledger.charge(site=self.site.name, run_id=self.run_id, server_round=server_round,
+                                    noise_multiplier=sigma, sample_rate=q, steps=steps,
+                                    budget=privacy.privacy_budget)
+        except BudgetExhausted:
+            raise
+        except FedSiloError as err:
+            raise LocalDetailError(f"site {self.site.name}: its privacy ledger refuses the round", str(err)) from None
         plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
                           max_grad_norm=privacy.max_grad_norm)
         self._ledger_anchor = ledger.anchor  # the round's audit record pins the ledger's length and head
@@ -161,6 +192,8 @@ class SiteRound:
         data = self.eval_data
         if len(data) == 0:
             return 0.0, 0, {"site": self.site.name}
+        if self.limited:  # the server picks the model evaluated: at most one evaluation per planned round
+            FitCounter(self.site.fit_counts, self.site.name, "evaluation").charge(self.run_id, self.cfg.rounds)
         started = time.perf_counter()
         loss, confusion = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels))
         # Aggregate counts only: the confusion matrix of the site's eval split.
@@ -177,13 +210,15 @@ def serve(request: dict):
     """Answer one task {"op": "fit"|"evaluate", "run_id", "run_config", "node_config",
     "parameters", "config"} with the result NumPyClient's fit/evaluate return."""
     global _run, _current
+    check_run(request["run_config"], request["node_config"])  # the site's caps, before anything is loaded
     run_key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str))
     key = (*run_key, json.dumps(request["node_config"], sort_keys=True, default=str))
     if _current is None or _current[0] != key:
         _current = None
         if _run is None or _run[0] != run_key:
             _run = None  # free the previous run's model before building the next
-            _run = (run_key, RunModel(request["run_config"]))
+            node = request["node_config"]
+            _run = (run_key, RunModel(request["run_config"], str(node.get("site", "site")) if applies(node) else None))
         _current = (key, SiteRound(request["run_id"], request["node_config"], _run[1]))
     site = _current[1]
     if request["op"] == "fit":
@@ -195,11 +230,14 @@ def serve(request: dict):
 
 def serve_reply(request: dict) -> tuple:
     """serve() for a process boundary: ("ok", result) or ("error", one-line message) for what the
-    site's operator can fix, ("crash", text) for a bug (its traceback goes to the site's console)."""
+    site's operator can fix, ("crash", text) for a bug (its traceback goes to the site's console).
+    An error's local detail is printed here, on the site's console, and does not cross."""
     try:
         return ("ok", serve(request))
     except FedSiloError as err:
+        print_local_detail(err)
         return ("error", str(err))
     except Exception as err:  # noqa: BLE001 - the worker must outlive one bad task
         traceback.print_exc()
-        return ("crash", f"{type(err).__name__}: {err}")
+        return ("crash", type(err).__name__)  # its text may quote the site's data: it stays in the traceback
+

@@ -1,4 +1,5 @@
-"""Flower's SuperNode, with a shorter wait after a pull that brought no message.
+"""Flower's SuperNode, with a shorter wait after a pull that brought no message, and with its
+Runtime API closed to local processes that do not hold the site's SuperExec secret.
 
     python -m client.supernode [flower-supernode's arguments]
 
@@ -9,6 +10,16 @@ for its slowest site, so with 3 sites a round spent on average 5 x 2.25 s just w
 pull. fl-client runs the SuperNode through this module, which caps that one module's sleeps at
 PULL_ENV seconds (fl-client --pull-interval); everything else is Flower's own code, unchanged.
 Flower's other waits in that module are 0.5 s and stay as they are under the default cap.
+
+The Runtime API (127.0.0.1, plain HTTP) is where a site's task launcher acquires each message's
+task, with the run and node config, the app bundle and the message. In Flower's default
+`subprocess` isolation it asks no credential, so any local process could take the site's tasks
+and answer in its name, round the app pin, DP and SecAgg+. Flower authenticates it (an HMAC of
+every request under a shared secret) only in `process` isolation, where it does not start the
+task launcher itself. So, given SECRET_ENV (a file in fl-client's private temporary directory),
+this module runs the SuperNode in `process` isolation with that secret and starts Flower's
+`flower-superexec` beside it with the same secret, as Flower's subprocess mode would start it
+without one.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import sys
 import time
 
 PULL_ENV = "FEDSILO_PULL_INTERVAL"
+SECRET_ENV = "FEDSILO_SUPEREXEC_SECRET_FILE"
 DEFAULT_PULL_INTERVAL = 0.5
 # How fl-client starts it. -P: the working directory is not put on sys.path, so a `client` folder
 # wherever the operator happens to run fl-client cannot stand in for this package.
@@ -57,7 +69,30 @@ def main() -> int:
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"  # Flower's usage and log lines name the program
+    secret = os.environ.get(SECRET_ENV)
+    if secret:
+        sys.argv += ["--isolation", "process", "--superexec-auth-secret-file", secret]
+        start_superexec(runtime_port(sys.argv), secret)
     return flower_supernode()
+
+
+def runtime_port(argv: list[str]) -> int:
+    """The Runtime API's port, as fl-client passes it (`--port N`)."""
+    for i, arg in enumerate(argv):
+        if arg == "--port" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+    raise SystemExit("fl-client: the SuperNode needs --port for its Runtime API")
+
+
+def start_superexec(port: int, secret: str) -> None:
+    """Flower's task launcher, as its subprocess isolation starts it, plus the secret. It retries
+    until the Runtime API is up, and ends with this process (--parent-pid)."""
+    import subprocess
+
+    subprocess.Popen(["flower-superexec", "--insecure", "--runtime-api-address", f"127.0.0.1:{port}",
+                      "--parent-pid", str(os.getpid()), "--superexec-auth-secret-file", secret])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ all of that once, and:
   - keeps the run's model and tokenised records between messages (client/site_round.py): the
     ClientApp in the fork hands fit and evaluate to this process (`call`).
 Both go over a Unix socket in fl-client's private temporary directory, authenticated with a
-random key that only fl-client's children receive (multiprocessing.connection's HMAC handshake).
+random key that only fl-client's children receive (client/worker_link.py, the caller's side).
 
 Nothing new leaves the site: the socket is local, and the ClientApp still decides what is sent.
 """
@@ -25,63 +25,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Listener
 from pathlib import Path
 
-from common.errors import FedSiloError
-
-ADDRESS_ENV = "FEDSILO_SITE_WORKER"
-START_TIMEOUT_S = 120.0
-KEY_ENV = "FEDSILO_SITE_WORKER_KEY"
-
-
-def worker_env() -> dict[str, str] | None:
-    """The worker's address and key, if this process was started under fl-client."""
-    if ADDRESS_ENV not in os.environ:
-        return None
-    return {"address": os.environ[ADDRESS_ENV], "key": os.environ.get(KEY_ENV, "")}
-
-
-def _connect(env: dict):
-    """A connection to the worker, waiting for it to finish starting: fl-client starts it and the
-    SuperNode side by side, so that a restarted site is back in the federation at once."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not os.path.exists(env["address"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return Client(env["address"], family="AF_UNIX", authkey=bytes.fromhex(env["key"]))
-
-
-def call(request: dict):
-    """Send one task to the site worker and return its result (ClientApp side: no torch here)."""
-    env = worker_env()
-    try:
-        with _connect(env) as conn:
-            conn.send(request)
-            status, result = conn.recv()
-    except (OSError, EOFError, AuthenticationError) as err:
-        raise FedSiloError(f"the site's training worker is not answering ({type(err).__name__}); "
-                           "restart fl-client") from None
-    if status == "ok":
-        return result
-    if status == "error":
-        raise FedSiloError(result)
-    raise RuntimeError(f"site worker failed: {result}")
-
-
-def launch(argv: list[str]) -> None:
-    """`flwr-clientapp ARGS` under fl-client: have the worker run the task in a fork of itself.
-    Flower starts this process and does not wait for it, so it returns once the fork exists."""
-    env = worker_env()
-    try:
-        with _connect(env) as conn:
-            conn.send({"op": "launch", "argv": argv})
-            conn.recv()
-    except (OSError, EOFError, AuthenticationError) as err:
-        sys.exit(f"flwr-clientapp: the site's training worker is not answering ({type(err).__name__})")
-
+from client.worker_link import ADDRESS_ENV, KEY_ENV, worker_env
 
 def _fork_task(argv: list[str], listener: Listener) -> int:
     """Run Flower's flwr-clientapp for one task in a child of this process: everything it needs
@@ -125,7 +74,7 @@ def start(directory: Path, env: dict) -> tuple[subprocess.Popen, dict[str, str]]
     from common.launch import die_with_parent
 
     address, key = str(directory / "site-worker.sock"), secrets.token_hex(32)
-    worker = subprocess.Popen([sys.executable, "-m", "client.worker"], env={**env, ADDRESS_ENV: address, KEY_ENV: key},
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "client.worker"], env={**env, ADDRESS_ENV: address, KEY_ENV: key},
                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     return worker, {ADDRESS_ENV: address, KEY_ENV: key}
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +25,30 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndj
 # much, so memory stays bounded however long the line is.
 MAX_LINE_BYTES = 1 << 20  # 1 MiB
 csv.field_size_limit(MAX_LINE_BYTES)
+# How deeply a JSONL line may nest: a record is one flat object of columns. Deeper lines are refused
+# before json.loads sees them (Python's parser recurses, and ends in a RecursionError near 1000).
+MAX_JSON_DEPTH = 32
+# A string (to its closing quote, or to the end of the line) or a bracket: one pass, linear time.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 # Hints for a header that is one single column: the file uses another delimiter than its suffix says.
 _DELIMITER_HINTS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+class LocalDetailError(FedSiloError):
+    """A site's error whose message may leave the site (the ClientApp sends it to the server as the
+    reply's reason) and whose `local_detail` (values, paths, column names of the site's own data)
+    is for the site's own console only."""
+
+    def __init__(self, message: str, local_detail: str):
+        super().__init__(message)
+        self.local_detail = local_detail
+
+
+def print_local_detail(err: Exception) -> None:
+    """On the site's console: the part of its error that stays at the site (LocalDetailError)."""
+    detail = getattr(err, "local_detail", None)
+    if detail:
+        print(f"fl-client: error detail (kept at this site, not sent): {detail}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -151,24 +175,53 @@ def _parse_jsonl(path: Path, lines: list[str]):
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        if json_depth(line) > MAX_JSON_DEPTH:
+            raise FedSiloError(f"{path}:{line_no}: JSON nested deeper than {MAX_JSON_DEPTH} levels; "
+                               "a record is one object of columns")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise FedSiloError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4300 digits
+            raise FedSiloError(f"{path}:{line_no}: invalid JSON ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:80]})") from None
         if not isinstance(obj, dict):
             raise FedSiloError(f"{path}:{line_no}: expected a JSON object per line")
         rows.append((line_no, obj))
     return rows
 
 
-def encode_labels(records: Records, label_set: tuple[str, ...], source: str = "data") -> np.ndarray:
-    """Class ids in the order of the run's label set; a label outside it is an error."""
+def json_depth(line: str) -> int:
+    """The deepest nesting of brackets in a JSON text, outside its strings (bounded work: no parsing)."""
+    if line.count("[") + line.count("{") <= MAX_JSON_DEPTH:  # the common case: it cannot be deeper
+        return 0
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(line):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
+def encode_labels(records: Records, label_set: tuple[str, ...], source: str = "data",
+                  quote_values: bool = True) -> np.ndarray:
+    """Class ids in the order of the run's label set; a label outside it is an error.
+
+    quote_values=False (a site answering the server): the error's message gives the number of
+    records only, and the labels themselves are its `local_detail`, for the site's console: the
+    server picks the label set, and would otherwise learn a site's labels by offering wrong ones."""
     index = {name: i for i, name in enumerate(label_set)}
     unknown = sorted({lab for lab in records.labels if lab not in index})
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise FedSiloError(f"{source}: label(s) {shown} not in the run's label set "
-                           f"({', '.join(label_set)})")
+        detail = f"{source}: label(s) {shown} not in the run's label set ({', '.join(label_set)})"
+        if quote_values:
+            raise FedSiloError(detail)
+        # No values and no count leave the site: with a count, a server that adds a guessed label to
+        # the set would learn from the count's drop that the site holds it, and how often.
+        raise LocalDetailError(f"{source}: some records have labels outside the run's label set", detail)
     return np.array([index[lab] for lab in records.labels], dtype=np.int64)
 
 

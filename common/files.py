@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -74,3 +75,29 @@ def read_json_object(path: Path, keys: tuple[str, ...], missing_file: str, hint:
                                           unknown and f"unknown key(s) {', '.join(unknown)}"]))
         raise FedSiloError(f"{path}: {problem}{hint}")
     return meta
+
+
+def make_private(root: str | Path, recursive: bool = True) -> None:
+    """Take every group and other permission off `root` and (`recursive`) what lies below it, as
+    an older FedSilo or a looser umask left it: the coordinator's state, logs and keys are its own.
+    Symbolic links are neither followed nor changed; what belongs to another user is refused."""
+    uid = os.geteuid()
+
+    def own(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # a temporary file renamed meanwhile
+            return
+        if stat.S_ISLNK(st.st_mode):
+            return
+        if st.st_uid != uid:
+            raise FedSiloError(f"{path} belongs to another user; FedSilo uses only what it wrote itself")
+        if st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+
+    own(str(root))
+    if not recursive:
+        return
+    for folder, dirs, files in os.walk(root):  # never into a linked folder
+        for name in (*dirs, *files):
+            own(os.path.join(folder, name))

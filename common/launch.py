@@ -10,11 +10,15 @@ import ctypes
 import errno
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import FedSiloError
@@ -32,6 +36,9 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")  # see common/model.py
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Like `python -P`: no child Python puts its working directory (or a script's folder) first
+    # on sys.path, so a `server/` or `common/` folder where FedSilo was started is never imported.
+    env["PYTHONSAFEPATH"] = "1"
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env
@@ -127,13 +134,14 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def spawn(cmd: list[str], env: dict, log_path: Path | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], env: dict, log_path: Path | None = None, cwd: Path | None = None) -> subprocess.Popen:
     """Start a child in its own process group (so stopping it stops its children too); it is
     terminated if this process dies without stopping it."""
     out = open(log_path, "ab") if log_path else None
     try:
         return subprocess.Popen(cmd, env=env, stdout=out or None, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
+                                cwd=cwd)
     finally:
         if out:
             out.close()
@@ -201,9 +209,27 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@contextmanager
+def private_flwr_home(run_dir: Path) -> Iterator[Path]:
+    """A FLWR_HOME for one run, made here (mode 0700, a name nobody can guess) and removed after.
+
+    Flower installs the app bundle into $FLWR_HOME/apps/PUBLISHER.NAME.VERSION.HASH8/ and reuses
+    such a folder, unchecked, if it exists: a FLWR_HOME that outlives the run (RUN_DIR/.flwr, as
+    before) would run whatever someone planted there as the coordinator. Every Flower process of
+    the run also works in it: Ray puts its driver's working directory on its workers' sys.path."""
+    for stale in run_dir.glob(".flwr-*"):  # left by a run killed with SIGKILL
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    home = Path(tempfile.mkdtemp(prefix=".flwr-", dir=run_dir))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def write_flwr_home(flwr_home: Path, address: str, insecure: bool, root_cert: str | None = None) -> None:
     """`flwr run` reads its SuperLink connection from $FLWR_HOME/config.toml."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
+    flwr_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     lines = ['[superlink]', 'default = "fedsilo"', "", "[superlink.fedsilo]", f'address = "{address}"']
     lines.append(f"insecure = {'true' if insecure else 'false'}")
     if root_cert:

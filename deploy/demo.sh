@@ -20,9 +20,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$run_dir"
-echo "== provisioning a federation in $fed (CA, server certificate, 3 site kits)"
+echo "== provisioning a federation in $fed (CA, server certificate; 3 sites make their keys, 3 kits)"
 fl-server init --dir "$fed" --host 127.0.0.1 --port "$port"
-for site in A B C; do fl-server enroll --dir "$fed" --site "$site" >/dev/null; done
+for site in A B C; do  # each site makes its key pair and hands over only the public half
+  mkdir -p "$run_dir/site-keys"
+  fl-client --make-key "$run_dir/site-keys/$site.key" >/dev/null
+  fl-server enroll --dir "$fed" --site "$site" --public-key "$run_dir/site-keys/$site.key.pub" >/dev/null
+done
 echo "== writing demo data (3 sites x 240 messages, 4 topics) to $run_dir/site-data"
 fl-demo-data --out "$run_dir/site-data" --sites 3 --per-site 240 >/dev/null
 
@@ -39,7 +43,8 @@ done
 
 for site in A B C; do
   echo "== starting site $site with its kit (log: $run_dir/site-$site.log)"
-  fl-client --kit "$fed/kits/$site" --data "$run_dir/site-data/site-$site.tsv" >"$run_dir/site-$site.log" 2>&1 &
+  fl-client --kit "$fed/kits/$site" --key "$run_dir/site-keys/$site.key" --data "$run_dir/site-data/site-$site.tsv" \
+    >"$run_dir/site-$site.log" 2>&1 &
   pids+=("$!")
 done
 

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from importlib.metadata import version
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 from flwr.app import Context
@@ -39,6 +39,7 @@ from common.privacy import guarantee_sentence
 from server.model_card import write_model_card
 from server.run_dir import RunDir
 from server.secure_aggregation import workflow
+from server.site_reports import unreadable_reply
 from server.strategy import FedSiloStrategy
 
 app = ServerApp()
@@ -55,11 +56,14 @@ class BoundedGrid:
 
     REPLY_POLL_S = 0.5
 
-    def __init__(self, grid: Grid, timeout: float):
+    def __init__(self, grid: Grid, timeout: float, strategy=None, secure: bool = False):
         self._grid, self._timeout = grid, timeout
+        self._strategy, self._secure = strategy, secure
 
     def send_and_receive(self, messages, *, timeout: float | None = None):
-        waiting = set(self._grid.push_messages(messages))
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        sent, waiting = dict(zip(ids, messages)), set(ids)
         deadline = time.monotonic() + (timeout or self._timeout)
         replies = []
         while waiting:
@@ -69,7 +73,19 @@ class BoundedGrid:
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(self.REPLY_POLL_S)
-        return replies
+        return [reply for reply in replies if self._readable(reply, sent.get(reply.metadata.reply_to_message_id))]
+
+    def _readable(self, reply, instruction) -> bool:
+        """A reply Flower's workflow would crash on is left out, as a site that did not answer
+        (server/site_reports.py unreadable_reply); the strategy names and audits it."""
+        problem = unreadable_reply(reply, instruction, self._secure)
+        if problem is None:
+            return True
+        node, kind = reply.metadata.src_node_id, str(reply.metadata.message_type)
+        log(WARNING, "node %s: reply left out: %s", node, problem)
+        if self._strategy is not None:
+            self._strategy.unreadable_reply(node, "evaluate" if kind == "evaluate" else "train", problem)
+        return False
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -138,7 +154,7 @@ def run(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     if done < cfg.rounds:
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
-        workflow(cfg)(BoundedGrid(grid, cfg.round_timeout), legacy)
+        workflow(cfg)(BoundedGrid(grid, cfg.round_timeout, strategy, cfg.secure_aggregation), legacy)
     strategy.close_rounds()  # a round SecAgg+ halted never reached aggregate_fit
     strategy.checkpoint(cfg.rounds)
 

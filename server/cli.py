@@ -1,26 +1,30 @@
 """fl-server: provision a federation and coordinate its runs.
 
     fl-server init   --dir FED --host NAME_OR_IP [--port 9092]   CA, server certificate, keys
-    fl-server enroll --dir FED --site A [--public-key A.pub]      a site's key and kit
+    fl-server enroll --dir FED --site A --public-key A.pub       a site's kit, for the key it made
+    fl-server renew  --dir FED [--days 365]                        a new server certificate, same CA
     fl-server [run]  --federation FED --labels ...                 TLS, enrolled sites, SecAgg+
     fl-server [run]  --insecure --labels ...                       plaintext on 127.0.0.1 only
     fl-server resume RUN_DIR                                       continue a killed run
 
 Every run writes a checkpoint after each round. Started again with the same options and
 --run-dir (or with `fl-server resume RUN_DIR`), a killed run goes on after its last finished
-round; the sites keep running and reconnect by themselves.
+round; the sites keep running and reconnect by themselves. `resume` takes the options from
+RUN_DIR/command.json, signed with this coordinator's key (~/.config/fedsilo/coordinator.key), and
+refuses a run directory it did not write.
 
 A run starts Flower's SuperLink on 127.0.0.1 only (its Control API must never face sites),
 registers every enrolled site's key with it, opens the gateway (server/gateway.py) on the
 public address for the Fleet API alone, submits the FedSilo app with `flwr run`, and shows the
-round lines and the final report. Everything is written to --run-dir.
+round lines and the final report. Everything is written to --run-dir, readable by this user alone.
+Flower installs the app into a FLWR_HOME made for the run and removed after it: the app that runs
+is the one this installation built, never one found on disk.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -35,6 +39,7 @@ from common.launch import (
     flower_env,
     flower_script,
     free_port,
+    private_flwr_home,
     require_loopback,
     require_port_free,
     spawn,
@@ -43,11 +48,12 @@ from common.launch import (
     wait_for_port,
     write_flwr_home,
 )
+from common.pki import VALID_DAYS
 from server.federation import Federation
-from server.run_dir import RunDir
-from server.submit import finish, submit_and_stream
+from server.run_dir import RunDir, read_run_options, write_run_options
+from server.submit import absolute_local_paths, finish, submit_and_stream
 
-COMMANDS = ("init", "enroll", "run", "resume")
+COMMANDS = ("init", "enroll", "renew", "run", "resume")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fl-server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", metavar="{init,enroll,run,resume}")
+    sub = p.add_subparsers(dest="command", metavar="{init,enroll,renew,run,resume}")
 
     init = sub.add_parser("init", help="create a federation folder: CA, server certificate, server key")
     init.add_argument("--dir", required=True, help="federation folder to create")
@@ -73,8 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", help="enroll a site: its key pair and a kit to hand over")
     enroll.add_argument("--dir", required=True, help="the federation folder")
     enroll.add_argument("--site", required=True, help="the site's name")
-    enroll.add_argument("--public-key", help="import the site's own OpenSSH public key instead of "
-                                             "generating a key pair (the site keeps its private key)")
+    enroll.add_argument("--public-key", help="the site's own OpenSSH public key (made at the site with "
+                                             "`fl-client --make-key FILE`: the site keeps its private key)")
+    enroll.add_argument("--generate-site-key", action="store_true",
+                        help="make the site's key pair here and put the private key in the kit (for trying "
+                             "FedSilo on one machine: this coordinator then holds the site's private key)")
+    enroll.add_argument("--replace", action="store_true",
+                        help="re-enrol a site already enrolled: a new key and kit (its old kit stops working)")
+
+    renew = sub.add_parser("renew", help="issue a new server certificate under the same CA (site kits stay valid)")
+    renew.add_argument("--dir", required=True, help="the federation folder")
+    renew.add_argument("--days", type=int, default=VALID_DAYS,
+                       help=f"days the new certificate is valid (at most until the CA expires) [default: {VALID_DAYS}]")
 
     run = sub.add_parser("run", help="run the federation (the default command)")
     run.add_argument("--federation", metavar="DIR", help="federation folder (TLS and enrolled sites)")
@@ -106,33 +122,50 @@ def main(argv=None) -> int:
         fed = Federation(args.dir)
         fed.init(args.host, args.port)
         print(f"fl-server: federation created in {fed.path} (sites connect to {fed.meta()['address']}); "
-              f"enroll sites with: fl-server enroll --dir {fed.path} --site NAME")
+              f"enroll sites with: fl-server enroll --dir {fed.path} --site NAME --public-key NAME.pub")
+        print(f"fl-server: the server certificate expires on {_day(fed.server_cert)} (renew it before: "
+              f"fl-server renew --dir {fed.path}); the CA on {_day(fed.ca)}")
         return 0
     if args.command == "enroll":
-        kit = Federation(args.dir).enroll(args.site, Path(args.public_key) if args.public_key else None)
+        kit = Federation(args.dir).enroll(args.site, Path(args.public_key) if args.public_key else None,
+                                          replace=args.replace, generate=args.generate_site_key)
+        key = " --key ITS_KEY" if args.public_key else ""
         print(f"fl-server: site {args.site} enrolled; hand {kit} to the site "
-              f"(it starts with: fl-client --kit {kit} --data FILE)")
+              f"(it starts with: fl-client --kit {kit}{key} --data FILE)")
+        return 0
+    if args.command == "renew":
+        if not 1 <= args.days <= 3650:
+            raise FedSiloError(f"--days {args.days}: use 1 to 3650")
+        fed = Federation(args.dir)
+        until = fed.renew(args.days)
+        print(f"fl-server: new server certificate {fed.server_cert}, valid until {until:%Y-%m-%d} "
+              f"(same CA: the sites' kits stay valid; restart a running fl-server to use it)")
         return 0
     if args.command == "resume":
         return run(resume_args(Path(args.run_dir)))
-    args.argv = argv[1:]
     return run(args)
 
 
+def _day(cert: Path) -> str:
+    from common.pki import expires
+
+    return f"{expires(cert):%Y-%m-%d}"
+
+
 def resume_args(run_dir: Path) -> argparse.Namespace:
-    """The options a run in `run_dir` was started with (RUN_DIR/command.json)."""
-    try:
-        saved = json.loads((run_dir / "command.json").read_text(encoding="utf-8"))
-        cwd, argv = saved["cwd"], list(saved["argv"])
-    except FileNotFoundError:
-        raise FedSiloError(f"{run_dir} is not the run directory of an fl-server run (no command.json)") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FedSiloError(f"{run_dir}/command.json is damaged ({err})") from None
+    """The options a run in `run_dir` was started with: RUN_DIR/command.json, signed by this
+    coordinator. No argv and no working directory are taken from the run directory."""
+    run_dir = run_dir.expanduser().resolve()
+    options = read_run_options(run_dir)
+    args = build_parser().parse_args(["run"])
+    unknown = sorted(set(options) - (set(vars(args)) - {"command"}))
+    if unknown:
+        raise FedSiloError(f"{run_dir}/command.json: unknown option(s) {', '.join(unknown)}")
     if not (run_dir / "state.json").exists():
         raise FedSiloError(f"{run_dir}: the run finished no round yet; start it again with its options")
-    os.chdir(cwd)  # relative paths in the saved options are relative to where it was started
-    args = build_parser().parse_args(["run", *argv, "--run-dir", str(run_dir.resolve())])
-    args.argv = argv
+    for key, value in options.items():
+        setattr(args, key, value)
+    args.run_dir = str(run_dir)
     return args
 
 
@@ -147,8 +180,11 @@ def run(args) -> int:
     if args.federation:
         fed = Federation(args.federation)
         meta = fed.check()
+        for line in fed.expiry_warnings():
+            print(f"fl-server: warning: {line}", file=sys.stderr, flush=True)
         if not fed.enrolled():
             raise FedSiloError(f"no site is enrolled in {fed.path} (fl-server enroll --dir {fed.path} --site NAME)")
+    absolute_local_paths(args)
     overrides = {"run-dir": str(run_dir)}
     if fed:
         overrides["audit-key"] = str(fed.path / "server-audit.key")  # the coordinator's enrolled identity
@@ -162,19 +198,24 @@ def run(args) -> int:
     from common.model import check_model  # imports torch: only for a run, not for init / enroll / refusals
 
     check_model(cfg.model)
-    resumed = RunDir(run_dir).resume_point(cfg) if (run_dir / "state.json").exists() else None
     rd = RunDir(run_dir)
-    # What `fl-server resume` restarts with (it adds --run-dir; argparse takes the last one).
-    atomic_write_json(rd.path / "command.json", {"cwd": os.getcwd(), "argv": args.argv})
+    rd.make_private()
+    rd.require_written_here()
+    resumed = rd.resume_point(cfg) if rd.state_path.exists() else None
+    if fed:
+        fed.make_private()
+    # What `fl-server resume` restarts with: the options, never argv or a working directory.
+    write_run_options(rd.path, {k: v for k, v in vars(args).items() if k != "command"}
+                      | {"run_dir": str(rd.path), "federation": str(fed.path) if fed else None})
     if resumed:
         print(f"fl-server: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
               flush=True)
-    with Coordinator(rd, fed, host, port, args.superlink_state) as coordinator:
+    with private_flwr_home(rd.path) as home, Coordinator(rd, fed, host, port, home, args.superlink_state) as coordinator:
         print(f"fl-server: sites connect to {host}:{port} ({'TLS' if fed else 'plaintext'}); run directory {rd.path}",
               flush=True)
         hint = "fl-client --kit KIT --data FILE" if fed else f"fl-client --site NAME --data FILE --server {host}:{port} --insecure"
         print(f"fl-server: waiting for {cfg.min_sites} site(s): {hint}", flush=True)
-        summary = submit_and_stream(cfg, rd.path, coordinator.control_address, insecure=fed is None,
+        summary = submit_and_stream(cfg, rd.path, home, coordinator.control_address, insecure=fed is None,
                                     root_cert=str(fed.ca) if fed else None, verbose=args.verbose)
     return finish(summary, rd.path)
 
@@ -182,16 +223,17 @@ def run(args) -> int:
 class Coordinator:
     """SuperLink on loopback (+ the gateway and the enrolled keys, with TLS); stopped on exit."""
 
-    def __init__(self, rd: RunDir, fed: Federation | None, host: str, port: int, state: str = "sqlite"):
-        self.rd, self.fed, self.host, self.port = rd, fed, host, port
+    def __init__(self, rd: RunDir, fed: Federation | None, host: str, port: int, home: Path,
+                 state: str = "sqlite"):
+        self.rd, self.fed, self.host, self.port, self.home = rd, fed, host, port, home
         self.database = str(rd.path / "superlink.db") if state == "sqlite" else ":flwr-in-memory:"
         self.procs: list[subprocess.Popen] = []
         self.control_address = ""
 
     def __enter__(self) -> "Coordinator":
         logs = self.rd.path / "logs"
-        logs.mkdir(exist_ok=True)
-        env = coordinator_env(flower_env(self.rd.path / ".flwr"))
+        logs.mkdir(mode=0o700, exist_ok=True)
+        env = coordinator_env(flower_env(self.home))
         try:
             if self.fed is None:
                 self._superlink(["--insecure"], self.host, self.port, env, logs)
@@ -202,9 +244,10 @@ class Coordinator:
                                  "--ssl-keyfile", str(fed.server_key), "--enable-supernode-auth"],
                                 "127.0.0.1", inner, env, logs)
                 self._register_sites()
-                gateway = spawn([sys.executable, "-m", "server.gateway", "--listen", f"{self.host}:{self.port}",
+                gateway = spawn([sys.executable, "-P", "-m", "server.gateway", "--listen", f"{self.host}:{self.port}",
                                  "--upstream", f"127.0.0.1:{inner}", "--cert", str(fed.server_cert),
-                                 "--key", str(fed.server_key), "--ca", str(fed.ca)], env, logs / "gateway.log")
+                                 "--key", str(fed.server_key), "--ca", str(fed.ca)], env, logs / "gateway.log",
+                                cwd=self.home)
                 self.procs.append(gateway)
                 wait_for_port(self.host, self.port, gateway, 30, "the gateway", logs / "gateway.log")
         except BaseException:
@@ -215,14 +258,14 @@ class Coordinator:
     def _superlink(self, tls: list[str], host: str, port: int, env: dict, logs: Path) -> None:
         proc = spawn([flower_script("flower-superlink"), *tls, "--host", host, "--port", str(port),
                       "--database", self.database,
-                      "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
+                      "--disable-runtime-dependency-installation"], env, logs / "superlink.log", cwd=self.home)
         self.procs.append(proc)
         wait_for_port(host, port, proc, 60, "the SuperLink", logs / "superlink.log")
         self.control_address = f"{host}:{port}"
 
     def _register_sites(self) -> None:
         """Register every enrolled key over the loopback Control API; remember node id -> site."""
-        home = self.rd.path / ".flwr"
+        home = self.home
         write_flwr_home(home, self.control_address, insecure=False, root_cert=str(self.fed.ca))
         # A persistent SuperLink database (resume) already holds the keys it registered before and
         # answers "already registered" without the node id: keep the map this run dir recorded then.
@@ -230,7 +273,7 @@ class Coordinator:
         for site, pub in self.fed.enrolled().items():
             out = subprocess.run([flower_script("flwr"), "supernode", "register", str(pub), "fedsilo",
                                   "--name", site, "--format", "json"], env=flower_env(home),
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, cwd=home, stdin=subprocess.DEVNULL)
             try:
                 reply = json.loads(out.stdout)
             except json.JSONDecodeError:

@@ -11,8 +11,14 @@ import json
 from pathlib import Path
 
 from common.config import RunConfig
+from common.errors import printable
 from common.files import atomic_write_text
 from common.model import EMBEDDED_MODEL
+from server.site_reports import Malformed, redaction_counts
+
+# Every string on the card is escaped for its medium: site names and counts are checked when they
+# arrive (server/site_reports.py), and the card does not rely on that.
+_MARKDOWN_SPECIAL = "\\`*_[]<>|~#"
 
 LIMITATIONS = [
     "Differential privacy protects each site's training records (record-level); evaluation "
@@ -36,7 +42,10 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
     report = _last_report(run_dir)
     site_rows = []
     for name, rep in sorted(sites.items()):
-        red = json.loads(rep.get("redactions") or "{}")
+        try:
+            red = redaction_counts(rep.get("redactions") or "{}")
+        except Malformed:
+            red = {"(malformed report)": "?"}
         site_rows.append([name, str(rep.get("records", "?")), str(rep.get("eval_records", "?")),
                           ", ".join(f"{k} {v}" for k, v in sorted(red.items())) or "none found"])
     sections: list[tuple[str, object]] = [
@@ -84,24 +93,36 @@ def write_model_card(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[s
     atomic_write_text(run_dir / "model_card.html", to_html(sections))
 
 
+def plain(text) -> str:
+    """One line of text: control characters (ESC sequences, newlines) escaped, nothing cut."""
+    return printable(str(text), limit=1 << 30)
+
+
+def markdown(text) -> str:
+    """`text` as Markdown shows it literally: no link, image, HTML tag, emphasis, code span or
+    table cell of its own, and no line break."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in plain(text))
+
+
 def to_markdown(sections) -> str:
+    m = markdown
     out = ["# Model card (FedSilo)", ""]
     for heading, content in sections:
-        out += [f"## {heading}", ""]
+        out += [f"## {m(heading)}", ""]
         if isinstance(content, tuple):
             header, rows = content
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out += ["| " + " | ".join(m(h) for h in header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(m(c) for c in row) + " |" for row in rows]
         elif isinstance(content, list):
-            out += [f"- {item}" for item in content]
+            out += [f"- {m(item)}" for item in content]
         else:
-            out.append(content)
+            out.append(m(content))
         out.append("")
     return "\n".join(out)
 
 
 def to_html(sections) -> str:
-    e = html.escape
+    e = lambda text: html.escape(plain(text))  # noqa: E731
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>Model card (FedSilo)</title>",
            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #999;padding:.2em .6em}</style></head><body><h1>Model card (FedSilo)</h1>"]

@@ -9,13 +9,20 @@
     final-model/           the final global model (common.model.load_classifier loads it)
     state.json             checkpoint after every round: rounds done, strategy state (resume)
     summary.json           how the run ended
+    command.json           the options of an fl-server run, signed with this coordinator's key
+                           (what `fl-server resume` restarts with)
+
+fl-server and fl-sim make the folder and all in it private to the user (0700 / 0600).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -23,7 +30,7 @@ import numpy as np
 
 from common.config import RunConfig, resolved
 from common.errors import FedSiloError
-from common.files import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
+from common.files import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, make_private
 
 
 # A run writes the final model (about 90 MB for the default MiniLM), round weights, logs and the
@@ -49,6 +56,27 @@ class RunDir:
                 except OSError:
                     pass
             raise FedSiloError(f"cannot create run directory {self.path}: {err.strerror}") from None
+
+    def make_private(self) -> None:
+        """Only this user may enter the run directory (state, logs, database, keys); what an
+        earlier run left in it loses its group and other permissions too."""
+        earlier_run = any((self.path / name).exists() for name in ("config.json", "state.json", COMMAND_FILE))
+        try:
+            make_private(self.path, recursive=earlier_run)
+        except OSError as err:
+            raise FedSiloError(f"cannot make the run directory {self.path} private: {err.strerror}") from None
+
+    def require_written_here(self) -> None:
+        """What an earlier run left (checkpoint, SuperLink database) is used only if this
+        coordinator wrote the folder (a signed command.json): a SuperLink database from elsewhere
+        may hold a pending run, which the SuperLink would start, app bundle and all."""
+        found = [name for name in EARLIER_STATE if os.path.lexists(self.path / name)]
+        if not found:
+            return
+        if not os.path.lexists(self.path / COMMAND_FILE):
+            raise FedSiloError(f"{self.path / found[0]} was not written by this coordinator (no signed "
+                               f"{COMMAND_FILE} beside it); use a new --run-dir")
+        read_run_options(self.path, tool=None)
 
     @property
     def final_model(self) -> Path:
@@ -174,6 +202,82 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
 
+
+# ------------------------------------------------------------ the options of an fl-server run
+COMMAND_FILE = "command.json"
+
+
+def coordinator_key() -> tuple[bytes, Path]:
+    """This user's coordinator key: 32 random bytes in $XDG_CONFIG_HOME/fedsilo/coordinator.key
+    (mode 0600), made on first use. It signs (HMAC-SHA256) what fl-server keeps in a run
+    directory and reads back later: a run directory written by anyone else does not verify."""
+    folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "fedsilo"
+    path = folder / "coordinator.key"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.path.lexists(path):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".coordinator.key.")  # 0600
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(secrets.token_bytes(32))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, path)  # never replaces a key another fl-server made meanwhile
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(tmp)
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
+            st, key = os.fstat(fh.fileno()), fh.read(64)
+    except OSError as err:
+        raise FedSiloError(f"cannot use the coordinator key {path}: {err.strerror or err}") from None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise FedSiloError(f"the coordinator key {path} must be yours and readable by you alone (chmod 600)")
+    if len(key) != 32:
+        raise FedSiloError(f"the coordinator key {path} is damaged (not 32 bytes)")
+    return key, path
+
+
+def _mac(key: bytes, tool, run_dir, options) -> bytes:
+    body = json.dumps({"tool": tool, "run_dir": run_dir, "options": options}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, b"fedsilo command.json 1\0" + body.encode("utf-8"), hashlib.sha256).hexdigest().encode()
+
+
+def write_run_options(run_dir: Path, options: dict, tool: str = "fl-server") -> None:
+    """RUN_DIR/command.json: the run's options (no argv, no working directory), signed."""
+    key, _ = coordinator_key()
+    atomic_write_json(run_dir / COMMAND_FILE, {"tool": tool, "run_dir": str(run_dir), "options": options,
+                                               "mac": _mac(key, tool, str(run_dir), options).decode()})
+
+
+def read_run_options(run_dir: Path, tool: str | None = "fl-server") -> dict:
+    """The options `write_run_options` signed for `run_dir` (and `tool`, unless None); refused
+    unless this coordinator signed them, for this very folder."""
+    path = run_dir / COMMAND_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedSiloError(f"{run_dir} is not the run directory of an fl-server run (no {COMMAND_FILE})") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        saved = None
+    key, key_path = coordinator_key()
+    if not (isinstance(saved, dict) and set(saved) == {"tool", "run_dir", "options", "mac"}
+            and isinstance(saved["mac"], str) and isinstance(saved["options"], dict)
+            and hmac.compare_digest(saved["mac"].encode("utf-8", "replace"),
+                                    _mac(key, saved["tool"], saved["run_dir"], saved["options"]))):
+        raise FedSiloError(f"{path} was not written by this coordinator (its signature does not verify "
+                           f"with {key_path}); start the run again with its options in a new run directory")
+    if saved["run_dir"] != str(run_dir):
+        raise FedSiloError(f"{path} was written for the run directory {saved['run_dir']}; a run directory "
+                           "cannot be resumed from another place")
+    if tool is not None and saved["tool"] != tool:
+        raise FedSiloError(f"{run_dir} holds an {saved['tool']} run; continue it with {saved['tool']} and its options")
+    return saved["options"]
+
+
+# What a run directory keeps from one start to the next.
+EARLIER_STATE = ("state.json", "sites.json", "superlink.db", "superlink.db-wal", "superlink.db-shm")
 
 # Options that may differ when a run is resumed.
 RESUMABLE_CHANGES = ("round-timeout",)

@@ -11,15 +11,18 @@ from common.cliparse import Parser
 from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
 from common.errors import FedSiloError, cli_entry
-from common.launch import coordinator_env, flower_env, flower_script, free_port, spawn, stop, wait_for_port
+from common.launch import (coordinator_env, flower_env, flower_script, free_port, private_flwr_home, spawn, stop,
+                           wait_for_port)
 from common.model import check_model
 from common.privacy import add_privacy_options, privacy_from_args
-from server.run_dir import RunDir
-from server.submit import finish, submit_and_stream
+from server.run_dir import RunDir, write_run_options
+from server.submit import absolute_local_paths, finish, submit_and_stream
 
 DESCRIPTION = """Simulate a federation on this machine: DATA is split over N virtual sites
 (IID or Dirichlet label skew) and the FedSilo app runs on Flower's simulation engine (Ray).
-Each virtual site splits its share into train/eval with the seed, exactly as a real site does."""
+Each virtual site splits its share into train/eval with the seed, exactly as a real site does.
+The run directory is readable by this user alone; Flower installs the app into a FLWR_HOME made
+for the run (never one found on disk) and runs in it, not in the current folder."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     records = read_records(data, text_col, label_col)  # fail here, not in N subprocesses
     labels = args.labels or ",".join(label_set_of(records))
     run_dir = Path(args.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    absolute_local_paths(args)
     overrides = {"sim-data": str(data), "labels": labels, "run-dir": str(run_dir),
                  **{f"sim-{k}": v for k, v in privacy_from_args(args).to_node_config().items()}}
     if args.min_sites is None:
@@ -60,8 +64,11 @@ def main(argv=None) -> int:
     partition(encode_labels(records, cfg.labels, str(data)), args.sites, cfg.partition,
               cfg.dirichlet_alpha, cfg.seed)  # the split every virtual site will make
     check_model(cfg.model)
-    resumed = RunDir(run_dir).resume_point(cfg) if (run_dir / "state.json").exists() else None
     rd = RunDir(run_dir)
+    rd.make_private()
+    rd.require_written_here()
+    resumed = rd.resume_point(cfg) if rd.state_path.exists() else None
+    write_run_options(rd.path, vars(args) | {"data": str(data), "run_dir": str(rd.path)}, tool="fl-sim")
     if resumed:
         print(f"fl-sim: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
               flush=True)
@@ -70,19 +77,22 @@ def main(argv=None) -> int:
 
     port = free_port()
     log_path = rd.path / "logs" / "superlink.log"
-    log_path.parent.mkdir(exist_ok=True)
-    superlink = spawn([flower_script("flower-superlink"), "--simulation", "--insecure",
-                       "--host", "127.0.0.1", "--port", str(port),
-                       "--database", str(rd.path / "superlink.db"),
-                       "--disable-runtime-dependency-installation"],
-                      coordinator_env(flower_env(rd.path / ".flwr")), log_path)
-    try:
-        wait_for_port("127.0.0.1", port, superlink, 60, "the simulation SuperLink", log_path)
-        federation = (f"num-supernodes={args.sites} client-resources-num-cpus={args.cpus_per_site} "
-                      f"init-args-num-cpus={max(1, os.cpu_count() or 1)}")
-        summary = submit_and_stream(cfg, rd.path, f"127.0.0.1:{port}", insecure=True,
-                                    federation_config=federation, verbose=args.verbose)
-    finally:
-        stop(superlink)
+    log_path.parent.mkdir(mode=0o700, exist_ok=True)
+    with private_flwr_home(rd.path) as home:
+        # The SuperLink, and Ray below it, work in `home`: Ray puts its driver's working directory
+        # first on every worker's sys.path, so the current folder's packages would be imported.
+        superlink = spawn([flower_script("flower-superlink"), "--simulation", "--insecure",
+                           "--host", "127.0.0.1", "--port", str(port),
+                           "--database", str(rd.path / "superlink.db"),
+                           "--disable-runtime-dependency-installation"],
+                          coordinator_env(flower_env(home)), log_path, cwd=home)
+        try:
+            wait_for_port("127.0.0.1", port, superlink, 60, "the simulation SuperLink", log_path)
+            federation = (f"num-supernodes={args.sites} client-resources-num-cpus={args.cpus_per_site} "
+                          f"init-args-num-cpus={max(1, os.cpu_count() or 1)}")
+            summary = submit_and_stream(cfg, rd.path, home, f"127.0.0.1:{port}", insecure=True,
+                                        federation_config=federation, verbose=args.verbose)
+        finally:
+            stop(superlink)
     return finish(summary, rd.path)
 

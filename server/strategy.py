@@ -13,8 +13,8 @@ After every round the strategy's state goes to RUN_DIR/state.json (the resume ch
 
 from __future__ import annotations
 
-import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from flwr.common import (
@@ -31,27 +31,18 @@ from flwr.server.strategy import FedAvg
 from flwr.server.strategy.aggregate import aggregate, aggregate_krum, aggregate_median, aggregate_trimmed_avg
 from logging import INFO, WARNING
 
-from common.audit import AuditLog, printable
+from common.audit import AuditLog
 from common.config import RunConfig
-from common.errors import FedSiloError
+from common.errors import FedSiloError, printable
 from common.model import weights_digest
 from common.updates import pack, unpack, update_problem
-from server.report import report_dict
+from server.report import report_dict, round_line
 from server.run_dir import RunDir
 from server.secure_aggregation import MAX_SITES_PER_ROUND
+from server.site_reports import (Malformed, claimed, evaluate_report, failure_text, fit_report, privacy_entry,
+                                 resumed_privacy)
 
-
-PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions")
 REFUSALS = ("privacy budget exhausted", "app not approved")
-
-
-def _failure_text(failure) -> str:
-    if isinstance(failure, BaseException):
-        error = failure.args[0] if failure.args else None
-        return getattr(error, "reason", None) or str(failure) or type(failure).__name__
-    _proxy, res = failure
-    return res.status.message
-
 
 SITE_POLL_S = 0.5  # how often a round that waits for sites asks the SuperLink who is connected
 
@@ -81,6 +72,7 @@ class FedSiloStrategy(FedAvg):
         self.round_record: dict = {}
         self._round_start = time.monotonic()
         self._sampled: dict[int, set[str]] = {}  # round -> node ids asked to train
+        self._unreadable: dict[str, list[str]] = {"train": [], "evaluate": []}  # dropped replies, named
         self.offset = 0
         # Who each node is: from enrolment (its authenticated key), never from what it says.
         self.enrolled = run_dir.enrolled_sites()
@@ -88,7 +80,10 @@ class FedSiloStrategy(FedAvg):
             self.offset = int(resumed["last_round"])
             self.completed_rounds = [int(r) for r in resumed["completed_rounds"]]
             self.failed_rounds = {int(r): str(v) for r, v in resumed["failed_rounds"].items()}
-            self.site_privacy = dict(resumed["site_privacy"])
+            # checked like a fresh report: a checkpoint of an older version may hold anything
+            self.site_privacy, dropped = resumed_privacy(resumed.get("site_privacy"))
+            for what in dropped:
+                log(WARNING, "%s: %s", run_dir.state_path, what)
         # FedAvgM's buffer: the last step (before server-learning-rate); saved with each round's weights
         self.momentum: list[np.ndarray] | None = None
         if resumed and cfg.server_momentum and self.completed_rounds:
@@ -189,30 +184,31 @@ class FedSiloStrategy(FedAvg):
         server_round += self.offset
         replied = {str(proxy.node_id) for proxy, _ in results}
         replied |= {str(f[0].node_id) for f in failures if not isinstance(f, BaseException)}
-        failure_texts = [_failure_text(f) for f in failures]
+        failure_texts = [failure_text(f) for f in failures] + self._take_unreadable("train")
         silent = len(self._sampled.get(server_round, ())) - len(replied) - sum(
             isinstance(f, BaseException) for f in failures)
         if silent > 0 and not self.cfg.secure_aggregation:
             failure_texts.append(f"{silent} site(s) sent no update within round-timeout "
                                  f"({self.cfg.round_timeout:.0f}s)")
+        reports = self._check_reports(server_round, results, failure_texts)
         if self.cfg.secure_aggregation:  # the one result is already the sum: no site to judge
-            try:
+            try:  # a site with a malformed report is inside the sum all the same
                 accepted = [(proxy, res, unpack(parameters_to_ndarrays(res.parameters), self.shapes))
                             for proxy, res in results]
             except FedSiloError as err:
                 self.fail_round(server_round, f"aggregate refused: {err}")
                 return None, {}
-        else:
-            accepted, rejected = self._validate(results)
+        else:  # a site with a malformed report is left out, its update too
+            accepted, rejected = self._validate([(p, r) for p, r in results if id(r) in reports])
             failure_texts += rejected
-        sites = {self.site_name(proxy, res.metrics): res for proxy, res, _ in accepted}
+        sites = {self.site_name(proxy, reports[id(res)]): (res, reports[id(res)])
+                 for proxy, res, _ in accepted if id(res) in reports}
         self.round_record["fit"] = {
-            name: {"examples": res.num_examples,
-                   **{k: v for k, v in res.metrics.items() if k != "site"}}
-            for name, res in sites.items()
+            name: {"examples": res.num_examples, **{k: v for k, v in clean.items() if k != "site"}}
+            for name, (res, clean) in sites.items()
         }
-        for name, res in sites.items():
-            self.site_privacy[name] = {k: res.metrics[k] for k in PRIVACY_KEYS if k in res.metrics}
+        for name, (_res, clean) in sites.items():
+            self.site_privacy[name] = privacy_entry(clean)
         # Flower's SecAgg+ workflow reports some failures twice
         self.round_record["fit_failures"] = failure_texts = list(dict.fromkeys(failure_texts))
         for text in failure_texts:
@@ -222,7 +218,10 @@ class FedSiloStrategy(FedAvg):
             self.failed_rounds[server_round] = reason
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, reason)
             return None, {}
-        deltas = self._combine([(update, res.num_examples) for _, res, update in accepted])
+        if self.cfg.secure_aggregation:  # every result carries the same revealed (weighted) mean
+            deltas = accepted[0][2]
+        else:
+            deltas = self._combine([(update, res.num_examples) for _, res, update in accepted])
         problem = update_problem(deltas, self.global_weights, check_dtype=False)
         if problem:  # a SecAgg+ sum is checked too: a site's garbage is caught here, if not by name
             self.failed_rounds[server_round] = f"aggregate refused: {problem}"
@@ -236,18 +235,51 @@ class FedSiloStrategy(FedAvg):
         self.completed_rounds.append(server_round)
         return ndarrays_to_parameters(pack(self.global_weights)), {}
 
+    def _check_reports(self, server_round: int, results, failure_texts: list[str]) -> dict[int, dict]:
+        """id(result) -> its checked metrics (server/site_reports.py), for each fit reply whose
+        report is well-formed; each malformed one is named in `failure_texts` and audited."""
+        reports = {}
+        for proxy, res in results:
+            try:
+                reports[id(res)] = fit_report(res.metrics, res.num_examples)
+            except Malformed as bad:  # under SecAgg+ the update cannot be taken out of the sum
+                fate = ("report dropped, update inside the secure sum" if self.cfg.secure_aggregation
+                        else "report and update left out")
+                failure_texts.append(self._malformed(server_round, proxy, res, "fit", bad, fate))
+        return reports
+
+    def _malformed(self, server_round: int, proxy, res, stage: str, bad: Malformed, outcome: str) -> str:
+        """The round line's text for a malformed report, after its audit record."""
+        name = self.site_name(proxy, claimed(getattr(res, "metrics", None)))
+        self.audit.append("malformed_report", {"round": server_round, "stage": stage, "site": name,
+                                               "field": bad.field, "reason": bad.reason, "outcome": outcome})
+        text = f"site {name}: malformed report ({bad})"
+        return text + "; its update is inside the secure sum" if "secure sum" in outcome else text
+
+    def unreadable_reply(self, node_id: int, kind: str, problem: str) -> None:
+        """server/app.py dropped a site's reply that Flower could not read (server/site_reports.py
+        unreadable_reply); it is named in the round's failures and audited."""
+        server_round = (self._fit_started or [self.offset])[-1]
+        proxy = SimpleNamespace(node_id=node_id)
+        text = self._malformed(server_round, proxy, None, kind, Malformed("reply", problem), "reply left out")
+        self._unreadable.setdefault(kind, []).append(text)
+
+    def _take_unreadable(self, kind: str) -> list[str]:
+        taken, self._unreadable[kind] = self._unreadable.get(kind, []), []
+        return taken
+
     def _validate(self, results):
         """(proxy, result, decoded update) of each update that passes common/updates.py; the
         senders of the others named."""
         kept, rejected = [], []
         for proxy, res in results:
-            name = self.site_name(proxy, res.metrics)
+            name = self.site_name(proxy, claimed(res.metrics))
             try:
                 update = unpack(parameters_to_ndarrays(res.parameters), self.shapes)
-            except (ValueError, TypeError, EOFError, OSError) as err:
-                problem = f"malformed ({type(err).__name__})"
             except FedSiloError as err:
                 problem = f"malformed: {err}"
+            except Exception as err:  # noqa: BLE001 - whatever a site's bytes make numpy raise
+                problem = f"malformed ({type(err).__name__})"
             else:
                 problem = update_problem(update, self.global_weights, self.cfg.max_update_norm)
             if problem:
@@ -303,17 +335,22 @@ class FedSiloStrategy(FedAvg):
         total = np.zeros((k, k), dtype=np.int64)
         per_site: dict[str, np.ndarray] = {}
         timings: dict[str, dict[str, float]] = {}  # seconds each site spent, by step
+        used, malformed = [], []  # replies whose report passed server/site_reports.py; the others named
         for proxy, res in results:
-            if "confusion" not in res.metrics:
+            try:
+                clean, confusion = evaluate_report(res.metrics, res.num_examples, res.loss, k)
+            except Malformed as bad:
+                malformed.append(self._malformed(server_round, proxy, res, "evaluate", bad, "report left out"))
                 continue
-            confusion = np.asarray(json.loads(str(res.metrics["confusion"])), dtype=np.int64)
-            if confusion.shape != (k, k) or (confusion < 0).any():
-                log(WARNING, "round %d: ignoring a malformed evaluation report", server_round)
+            used.append(res)
+            if confusion is None:  # the site holds out no records
                 continue
-            name = self.site_name(proxy, res.metrics)
+            name = self.site_name(proxy, clean)
             per_site[name] = confusion
             total += confusion
-            timings[name] = {k: float(v) for k, v in res.metrics.items() if k.startswith("time_")}
+            timings[name] = {key: v for key, v in clean.items() if key.startswith("time_")}
+        for text in malformed:
+            log(WARNING, "round %d: a site failed: %s", server_round, text)
         overall = report_dict(total, self.cfg.labels)
         sites = {name: report_dict(c, self.cfg.labels) for name, c in sorted(per_site.items())}
         self.close_rounds()
@@ -323,7 +360,8 @@ class FedSiloStrategy(FedAvg):
             "macro_f1": overall["macro avg"]["f1-score"],
             "eval_examples": int(total.sum()),
             "site_accuracy": {name: rep["accuracy"] for name, rep in sites.items()},
-            "eval_failures": [_failure_text(f) for f in failures],
+            "eval_failures": list(dict.fromkeys([failure_text(f) for f in failures] + malformed
+                                                + self._take_unreadable("evaluate"))),
             "evaluate": timings,
             "seconds": round(time.monotonic() - self._round_start, 2),
             "status": "failed" if server_round in self.failed_rounds else "ok",
@@ -333,30 +371,7 @@ class FedSiloStrategy(FedAvg):
         self._audit_round(server_round, record)
         self.checkpoint(server_round)
         log(INFO, "%s", round_line(record, self.cfg.rounds))
-        loss = (sum(r.loss * r.num_examples for _, r in results) / max(1, sum(r.num_examples for _, r in results))
-                if results else None)
+        loss = (sum(r.loss * r.num_examples for r in used) / max(1, sum(r.num_examples for r in used))
+                if used else None)
         return loss, {"accuracy": overall["accuracy"]}
 
-
-def round_line(record: dict, rounds: int) -> str:
-    """The one line per round the coordinator sees."""
-    parts = [f"round {record['round']}/{rounds}"]
-    if record.get("status") == "failed":
-        parts.append(f"FAILED (model unchanged): {record.get('failed_reason') or 'see the log'}")
-    if record.get("eval_examples"):
-        parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
-    else:
-        parts.append("no evaluation results")
-    if record.get("site_accuracy"):
-        parts.append("sites " + " ".join(f"{n}={a:.3f}" for n, a in record["site_accuracy"].items()))
-    fit = dict(sorted(record.get("fit", {}).items()))
-    eps = {n: f["epsilon"] for n, f in fit.items() if f.get("dp")}
-    if eps:
-        parts.append("epsilon " + " ".join(f"{n}={v:.2f}" for n, v in eps.items()))
-    no_dp = [n for n, f in fit.items() if not f.get("dp")]
-    if no_dp:
-        parts.append("NO DP at " + ",".join(no_dp))
-    for text in dict.fromkeys(record.get("fit_failures", [])):
-        parts.append(f"left out: {text}")
-    parts.append(f"{record['seconds']:.1f}s")
-    return " | ".join(parts)

@@ -20,11 +20,23 @@ _NOISE = re.compile(r"configure_(fit|evaluate): strategy sampled|aggregate_(fit|
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def submit_and_stream(cfg: RunConfig, run_dir: Path, superlink: str, insecure: bool,
+def absolute_local_paths(args) -> None:
+    """Local paths among the run options as absolute paths: Flower's processes run in the run's
+    private FLWR_HOME, not where fl-server / fl-sim was started, and `fl-server resume` reads
+    options, never a working directory. A model name that is no local path stays as it is."""
+    model = getattr(args, "model", None)
+    if model and Path(model).expanduser().exists():
+        args.model = str(Path(model).expanduser().resolve())
+    if getattr(args, "audit_key", None):
+        args.audit_key = str(Path(args.audit_key).expanduser().resolve())
+
+
+def submit_and_stream(cfg: RunConfig, run_dir: Path, flwr_home: Path, superlink: str, insecure: bool,
                       federation_config: str | None = None, root_cert: str | None = None,
                       verbose: bool = False) -> dict:
-    """Run the app to completion; returns summary.json (the ServerApp's own account of the run)."""
-    flwr_home = run_dir / ".flwr"
+    """Run the app to completion; returns summary.json (the ServerApp's own account of the run).
+    `flwr_home`: this run's private FLWR_HOME (common.launch.private_flwr_home), also the working
+    directory of `flwr run`."""
     write_flwr_home(flwr_home, superlink, insecure, root_cert)
     config_file = write_run_config_toml(cfg, run_dir / "run-config.toml")
     cmd = [flower_script("flwr"), "run", str(app_dir()), "fedsilo", "--run-config", str(config_file),
@@ -37,7 +49,7 @@ def submit_and_stream(cfg: RunConfig, run_dir: Path, superlink: str, insecure: b
     log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
             cmd, env=flower_env(flwr_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, errors="replace",
+            stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=flwr_home,
             preexec_fn=die_with_parent) as proc:
         for line in proc.stdout:
             log.write(line)

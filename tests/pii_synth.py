@@ -20,7 +20,8 @@ import random
 import re
 import unicodedata
 
-from common.redaction import ENTITY_TYPES, Redactor, Span, find_pii, luhn_valid
+from common.pii_patterns import luhn_valid
+from common.redaction import ENTITY_TYPES, Redactor, Span, find_pii
 
 # --------------------------------------------------------------------------------- vocabularies
 

@@ -102,6 +102,16 @@ def federation(change=None):
     return make
 
 
+def other_key():
+    """A key the site made, but not the one enrolled."""
+    def make(inp: Inputs) -> Path:
+        from common.pki import make_node_key
+
+        make_node_key(inp.root / "other.key")
+        return inp.root / "other.key"
+    return make
+
+
 def kit(change=None):
     """A copy of site A's kit from that federation."""
     def make(inp: Inputs) -> Path:
@@ -220,6 +230,9 @@ CASES = [
          "bad.jsonl:2: invalid JSON", "data-jsonl-broken-line"),
     case("fl-client", client(data_file=data("list.jsonl", '["a", "card"]\n')), "expected a JSON object per line",
          "data-jsonl-not-an-object"),
+    case("fl-client", client(data_file=data("deep.jsonl", '{"text": "a", "label": "card"}\n{"text": '
+                                            + "[" * 100_000 + "]" * 100_000 + "}\n")),
+         "deep.jsonl:2: JSON nested deeper than 32 levels", "data-jsonl-deeply-nested"),
     case("fl-sim", sim("--labels", LABELS, data_file=data("mortgage.tsv", GOOD + "b\tmortgage\n")),
          "'mortgage' not in the run's label set", "data-label-outside-label-set"),
     case("fl-sim", sim("--sites", "50"), "has only 20 records", "data-fewer-records-than-sites"),
@@ -238,6 +251,8 @@ CASES = [
          "invalid port 70000", "config-port-out-of-range"),
     case("fl-server", server("--insecure", "--labels", "card"), "at least two labels", "config-one-label"),
     case("fl-client", client("--threads", "0"), "argument --threads: invalid number 0", "config-client-threads-zero"),
+    case("fl-client", client("--max-rounds", "0"), "argument --max-rounds: invalid number 0",
+         "config-client-max-rounds-zero"),
     case("fl-client", client("--pull-interval", "0"), "--pull-interval 0.0: give a number of seconds from 0.1 to 60",
          "config-client-pull-interval-zero"),
     case("fl-server", server("--insecure", "--labels", "card,loan,card"), "the label set has duplicates",
@@ -324,6 +339,10 @@ CASES = [
          "invalid port 0", "fed-init-port-zero", slow=True),
     case("fl-server", ["enroll", "--dir", federation(), "--site", "a b"], "site name 'a b'", "fed-enroll-bad-site-name", slow=True),
     case("fl-server", ["enroll", "--dir", federation(), "--site", "A"], "already enrolled", "fed-enroll-twice"),
+    case("fl-server", ["enroll", "--dir", federation(), "--site", "B"], "give site B's public key with --public-key",
+         "fed-enroll-without-the-sites-key"),
+    case("fl-client", ["--kit", kit(), "--key", other_key(), "--data", data("good.tsv")],
+         "is not the key enrolled for site A", "kit-with-another-key"),
     case("fl-server", ["enroll", "--dir", federation(), "--site", "B", "--public-key",
                        data("bad.pub", "ssh-rsa AAAAnotakey")], "not an OpenSSH public key", "fed-enroll-bad-public-key"),
 
@@ -336,8 +355,8 @@ CASES = [
          "expired on", "cert-kit-ca-expired"),
     case("fl-client", ["--kit", kit(write("site.key", b"\x00garbled key\xff")), "--data", data("good.tsv")],
          "is not a usable OpenSSH private key", "cert-kit-site-key-garbled"),
-    case("fl-client", ["--kit", kit(remove("site.key")), "--data", data("good.tsv")], "site key",
-         "cert-kit-site-key-missing"),
+    case("fl-client", ["--kit", kit(remove("site.key")), "--data", data("good.tsv")],
+         "holds no private key (the site made its own): start with --key", "cert-kit-site-key-missing"),
     case("fl-server", server("--labels", LABELS, "--federation",
                              federation(lambda p, i: expired_certificate(p, i, ca=False))),
          "server.pem expired on", "cert-server-certificate-expired"),
@@ -360,7 +379,7 @@ def federations(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("federations")
     fed = Federation(root / "fed")
     fed.init(["127.0.0.1"], 9092)
-    fed.enroll("A")
+    fed.enroll("A", generate=True)
     Federation(root / "other").init(["127.0.0.1"], 9092)
     return root
 

@@ -38,7 +38,8 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
     code, out, run_dir = run_federation(
         tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--trainable", "full",
                    "--learning-rate", 3e-3, "--local-epochs", 4, "--batch-size", 16],
-        {name: ["--data", site_file(demo_dir, name, tmp_path), "--no-dp"] for name in ("A", "B")})
+        {name: ["--data", site_file(demo_dir, name, tmp_path), "--no-dp", "--allow-model", tiny_model]
+         for name in ("A", "B")})
     assert code == 0, out[-4000:]
     assert "round 2/2 | accuracy" in out and "sites A=" in out and "== site B ==" in out
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,8 +67,9 @@ def test_site_out_of_budget_is_refused_and_the_federation_goes_on(tiny_model, de
         tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--batch-size", 32,
                    "--no-secure-aggregation"],
         {"A": ["--data", site_file(demo_dir, "A", tmp_path), "--ledger", tmp_path / "a-ledger.json",
-               "--allow-unmasked-updates"],
-         "B": ["--data", data_b, "--privacy-budget", 7.0, "--target-epsilon", 7.0, "--allow-unmasked-updates"]})
+               "--allow-unmasked-updates", "--allow-model", tiny_model],
+         "B": ["--data", data_b, "--privacy-budget", 7.0, "--target-epsilon", 7.0, "--allow-unmasked-updates",
+               "--allow-model", tiny_model]})
     assert code == 0, out[-4000:]
     assert "site B: privacy budget exhausted, 6.63 of 7.00 spent" in out
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -82,6 +82,7 @@ def test_thirty_supernodes_complete_three_rounds(tiny_model, tmp_path):
             clients.append(subprocess.Popen(
                 ["nice", "-n", "15", str(BIN / "fl-client"), "--site", name, "--server", f"127.0.0.1:{port}",
                  "--insecure", "--data", str(data), "--no-dp", "--allow-unmasked-updates", "--site-worker", "--threads", "1",
+                 "--allow-model", str(tiny_model),
                  # 30 idle SuperNodes asking the SuperLink twice a second would load the shared
                  # cores too: Flower's 3 s, as measured in README "Many sites on one machine"
                  "--pull-interval", "3"],

@@ -50,7 +50,8 @@ def provision(tmp_path: Path, host: str, port: int, sites: list[str]) -> Path:
     made = run_cli("fl-server", "init", "--dir", fed, "--host", host, "--port", port, timeout=120)
     assert made.returncode == 0, made.stderr
     for site in sites:
-        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site, timeout=120).returncode == 0
+        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site, "--generate-site-key",
+                       timeout=120).returncode == 0
     return fed
 
 
@@ -127,7 +128,7 @@ def test_link_cut_mid_round_the_round_completes_and_the_site_rejoins(tiny_model,
             for name in names:  # each site starts exactly as an operator would: kit and data only
                 procs[name] = net.popen(name, [BIN / "fl-client", "--kit", fed / "kits" / name, "--data",
                                                site_file(demo_dir, name, tmp_path), "--no-dp",
-                                               "--allow-unmasked-updates"], log=log[name])
+                                               "--allow-unmasked-updates", "--allow-model", tiny_model], log=log[name])
             # Each message starts a new ClientApp at the site; C's first is round 1's training: cut
             # C's cable as it starts. (Under SecAgg+ it would be the third: keys, key shares, train.)
             wait_for_text(log["C"], CLIENTAPP_STARTED, server, timeout=300)
@@ -188,9 +189,9 @@ def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_
     # B trains under DP: its ledger is charged before training, so a kill during training must
     # leave a valid ledger that counts the round (over-counting is the safe side).
     site_cmd = {"A": ["--kit", fed / "kits" / "A", "--data", site_file(demo_dir, "A", tmp_path), "--no-dp",
-                      "--allow-unmasked-updates"],
+                      "--allow-unmasked-updates", "--allow-model", tiny_model],
                 "B": ["--kit", fed / "kits" / "B", "--data", data_b, "--target-epsilon", 8,
-                      "--privacy-budget", 20, "--allow-unmasked-updates"]}
+                      "--privacy-budget", 20, "--allow-unmasked-updates", "--allow-model", tiny_model]}
     procs: dict[str, subprocess.Popen] = {}
     handles = {n: open(p, "w") for n, p in logs.items()}
 

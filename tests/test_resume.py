@@ -27,13 +27,14 @@ def server_args(tiny_model, port, run_dir):
             "--server-momentum", 0.5]
 
 
-def start_sites(demo_dir, tmp_path, port, tag, logs):
+def start_sites(demo_dir, tmp_path, port, tag, logs, tiny_model):
     procs = []
     for name in ("A", "B"):
         logs[name] = open(tmp_path / f"{tag}-{name}.log", "w")
         data = site_file(demo_dir, name, tmp_path / tag)
         procs.append(start("fl-client", "--site", name, "--server", f"127.0.0.1:{port}", "--insecure",
-                           "--data", data, "--no-dp", "--allow-unmasked-updates", log=logs[name]))
+                           "--data", data, "--no-dp", "--allow-unmasked-updates", "--allow-model", tiny_model,
+                           log=logs[name]))
     return procs
 
 
@@ -66,7 +67,7 @@ def test_killed_server_resumes_after_its_last_round(tiny_model, demo_dir, tmp_pa
     sites, resumed = [], None
     try:
         wait_for_text(tmp_path / "server-1.log", "waiting for", server, timeout=90)
-        sites = start_sites(demo_dir, tmp_path, port, "killed", logs)
+        sites = start_sites(demo_dir, tmp_path, port, "killed", logs, tiny_model)
         # Round 1 is finished and round 2 has just been sent to the sites: kill -9 now.
         wait_for_text(tmp_path / "server-1.log", f"round 1/{ROUNDS} |", server, timeout=300)
         coordinator = process_identity(server.pid)
@@ -111,7 +112,7 @@ def test_killed_server_resumes_after_its_last_round(tiny_model, demo_dir, tmp_pa
     ref_sites = []
     try:
         wait_for_text(tmp_path / "server-ref.log", "waiting for", ref, timeout=90)
-        ref_sites = start_sites(demo_dir, tmp_path, port2, "reference", logs)
+        ref_sites = start_sites(demo_dir, tmp_path, port2, "reference", logs, tiny_model)
         assert ref.wait(timeout=600) == 0
     finally:
         stop_all(ref, *ref_sites)

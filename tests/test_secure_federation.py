@@ -25,11 +25,19 @@ def train_args(tiny_model):
     return [str(tiny_model) if a is None else a for a in TRAIN]
 
 
-def provision(tmp_path, sites, port):
+def provision(tmp_path, sites, port, own_keys=()):
+    """A federation with `sites` enrolled: those in `own_keys` made their key pair themselves
+    (tmp_path/NAME.key, the default flow: the coordinator gets only the public half), the others
+    had the coordinator make it (--generate-site-key)."""
     fed = tmp_path / "fed"
     assert run_cli("fl-server", "init", "--dir", fed, "--host", "127.0.0.1", "--port", port).returncode == 0
     for site in sites:
-        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site).returncode == 0
+        if site in own_keys:
+            assert run_cli("fl-client", "--make-key", tmp_path / f"{site}.key").returncode == 0
+            key = ["--public-key", tmp_path / f"{site}.key.pub"]
+        else:
+            key = ["--generate-site-key"]
+        assert run_cli("fl-server", "enroll", "--dir", fed, "--site", site, *key).returncode == 0
     return fed
 
 
@@ -42,7 +50,8 @@ def refused(proc, fragment):
 
 def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
     port = free_port()
-    fed = provision(tmp_path, ["A", "B"], port)
+    fed = provision(tmp_path, ["A", "B"], port, own_keys=["B"])
+    assert not (fed / "kits" / "B" / "site.key").exists()  # the coordinator never held B's private key
     # A kit whose key was never enrolled, and one that trusts another federation's CA.
     stray = shutil.copytree(fed / "kits" / "A", tmp_path / "stray-kit")
     (stray / "site.key").unlink()
@@ -105,8 +114,10 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
         for name in ("A", "B"):
-            sites.append(start("fl-client", "--kit", fed / "kits" / name, "--data", site_file(demo_dir, name, tmp_path),
-                               "--no-dp", log=logs[name]))
+            own_key = ["--key", tmp_path / "B.key"] if name == "B" else []
+            sites.append(start("fl-client", "--kit", fed / "kits" / name, *own_key, "--data",
+                               site_file(demo_dir, name, tmp_path), "--no-dp", "--allow-model", tiny_model,
+                               log=logs[name]))
         wait_for_text(tmp_path / "modified-run" / "metrics.jsonl", "app not approved by this site", timeout=400)
         assert server.wait(timeout=600) == 0, (tmp_path / "server.log").read_text()[-4000:]
     finally:
@@ -123,6 +134,10 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
     assert summary["secure_aggregation"] is True and summary["rounds_completed"] == [1, 2]
     # Site names come from enrolment (node id -> name), not from what a site says of itself.
     assert sorted(json.loads((run_dir / "sites.json").read_text()).values()) == ["A", "B"]
+    # A site's audit trail is signed with a key of its own, not the node key the coordinator made for A.
+    audit_start = json.loads((tmp_path / "site-A.tsv.audit.jsonl").read_text().splitlines()[0])
+    node_key = (fed / "kits" / "A" / "site.key.pub").read_text().split()[:2]
+    assert audit_start["data"]["public_key"].split()[:2] != node_key
 
 
 def wait_for_any(tmp_path, names, text, server, timeout):
@@ -164,7 +179,7 @@ def test_secagg_survives_one_dropout_and_reports_too_many(tiny_model, demo_dir, 
         wait_for_text(tmp_path / "server.log", "waiting for", server, timeout=90)
         for name in names:
             sites[name] = start("fl-client", "--kit", fed / "kits" / name, "--data", data / f"site-{name}.tsv",
-                                "--no-dp", log=logs[name])
+                                "--no-dp", "--allow-model", tiny_model, log=logs[name])
         # One of four drops while the round's training runs (after the key exchange): the others finish it.
         wait_for_any(tmp_path, names, "round 1: trained on", server, timeout=400)
         kill_site(sites["D"])

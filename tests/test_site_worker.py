@@ -7,7 +7,7 @@ import numpy as np
 import psutil
 import pytest
 
-from client import worker
+from client import worker, worker_link
 from common.config import RunConfig
 from common.errors import FedSiloError
 from common.launch import flower_env, free_port, stop
@@ -21,7 +21,7 @@ def request(op, cfg, data, tmp_path, parameters, server_round=1):
             "config": {"server-round": server_round},
             "node_config": {"site": "A", "data-path": str(data), "dp": False,
                             "ledger": str(tmp_path / "ledger.json"), "audit-log": str(tmp_path / "audit.jsonl"),
-                            "audit-key": str(tmp_path / "audit.key")}}
+                            "audit-key": str(tmp_path / "audit.key"), "allow-model": cfg.model}}
 
 
 def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir, tmp_path, monkeypatch):
@@ -33,31 +33,31 @@ def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir,
     try:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        packed, n, first = worker.call(request("fit", cfg, data, tmp_path, initial))
+        packed, n, first = worker_link.call(request("fit", cfg, data, tmp_path, initial))
         delta = unpack(packed, [w.shape for w in initial])
         assert n == 160
         assert first["time_load"] > 0 and first["time_train"] > 0
         moved = [w + d for w, d in zip(initial, delta)]
-        _, _, second = worker.call(request("fit", cfg, data, tmp_path, moved, server_round=2))
+        _, _, second = worker_link.call(request("fit", cfg, data, tmp_path, moved, server_round=2))
         assert second["time_load"] == 0 and second["time_tokenise"] == 0  # model and tokens kept
-        loss, n_eval, metrics = worker.call(request("evaluate", cfg, data, tmp_path, moved))
+        loss, n_eval, metrics = worker_link.call(request("evaluate", cfg, data, tmp_path, moved))
         assert n_eval == 40 and np.isfinite(loss) and "confusion" in metrics
 
         # A problem the operator can fix comes back as the site's one-line error, and the
         # worker goes on serving.
-        with pytest.raises(FedSiloError, match="not in the run.s label set"):
-            worker.call(request("fit", RunConfig.from_dict({**cfg.to_flat(), "labels": "x,y"}), data, tmp_path,
+        with pytest.raises(FedSiloError, match="records have labels outside the run.s label set"):
+            worker_link.call(request("fit", RunConfig.from_dict({**cfg.to_flat(), "labels": "x,y"}), data, tmp_path,
                                 initial))
         # Only a process that holds the key (fl-client's children) can use the worker.
         monkeypatch.setenv(worker.KEY_ENV, "00" * 32)
         with pytest.raises(FedSiloError, match="not answering"):
-            worker.call(request("evaluate", cfg, data, tmp_path, moved))
+            worker_link.call(request("evaluate", cfg, data, tmp_path, moved))
         monkeypatch.setenv(worker.KEY_ENV, env[worker.KEY_ENV])
-        assert worker.call(request("evaluate", cfg, data, tmp_path, moved))[1] == 40
+        assert worker_link.call(request("evaluate", cfg, data, tmp_path, moved))[1] == 40
     finally:
         stop(proc)
     with pytest.raises(FedSiloError, match="not answering"):
-        worker.call(request("evaluate", cfg, data, tmp_path, moved))
+        worker_link.call(request("evaluate", cfg, data, tmp_path, moved))
 
 
 def test_fl_client_leaves_with_one_line_when_its_worker_dies(demo_dir, tmp_path):

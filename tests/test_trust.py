@@ -38,9 +38,11 @@ def site_file(tmp_path):
     return data
 
 
-def node_config(tmp_path, data, **extra):
+def node_config(tmp_path, data, model="", **extra):
+    """fl-client's node config; `model`: the one base model it allows (--allow-model), besides the embedded one."""
     return {"site": "A", "data-path": str(data), "dp": False, "ledger": str(tmp_path / "ledger.json"),
-            "audit-log": str(tmp_path / "audit.jsonl"), "audit-key": str(tmp_path / "audit.key"), **extra}
+            "audit-log": str(tmp_path / "audit.jsonl"), "audit-key": str(tmp_path / "audit.key"),
+            "allow-model": str(model), **extra}
 
 
 def plain_fit(cfg, node_cfg):
@@ -58,13 +60,13 @@ def test_site_refuses_an_unmasked_round_unless_its_operator_allowed_it(tiny_mode
     # The server turned secure aggregation off: the run config says so, but it is not the site's say.
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "secure-aggregation": False,
                                "min-sites": 1, "rounds": 1})
-    refused = plain_fit(cfg, node_config(tmp_path, data))
+    refused = plain_fit(cfg, node_config(tmp_path, data, tiny_model))
     assert refused.has_error()
     assert "refuses to send an unmasked update" in refused.error.reason
     assert not refused.has_content()  # nothing of the update left
     # a node config value that is not exactly True (e.g. a string) does not count as consent
-    assert plain_fit(cfg, node_config(tmp_path, data, **{"allow-unmasked-updates": "true"})).has_error()
-    allowed = plain_fit(cfg, node_config(tmp_path, data, **{"allow-unmasked-updates": True}))
+    assert plain_fit(cfg, node_config(tmp_path, data, tiny_model, **{"allow-unmasked-updates": "true"})).has_error()
+    allowed = plain_fit(cfg, node_config(tmp_path, data, tiny_model, **{"allow-unmasked-updates": True}))
     assert not allowed.has_error(), allowed.error
     assert allowed.content.array_records
 

@@ -38,6 +38,7 @@ from tests.inprocess_grid import InProcessGrid, wire
 # The node-config keys fl-client sets for its SuperNode (kept in one place: the names may change).
 SITE, DATA, DP, LEDGER, AUDIT_LOG, AUDIT_KEY = "site", "data-path", "dp", "ledger", "audit-log", "audit-key"
 ALLOW_UNMASKED = "allow-unmasked-updates"  # the site operator's consent to send a plain (unmasked) update
+ALLOW_MODEL = "allow-model"  # the base models the site's operator allows (fl-client --allow-model)
 
 PII_ROW = "Dear bank, my name is Mary Johnson, email mary.johnson@example.com, my card was declined."
 SITES = {2**40 + 7919 * i: name for i, name in enumerate("ABC")}  # node id -> site (Flower's ids are large)
@@ -86,7 +87,9 @@ def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "rounds": 1, "batch-size": 32,
                                "min-sites": 3, "round-timeout": 120.0, "secure-aggregation": secure,
                                "run-dir": str(tmp_path / "run")})
-    extra = {} if secure or not consent else {ALLOW_UNMASKED: True}  # SecAgg+ must not need the consent
+    extra = {ALLOW_MODEL: str(tiny_model)}
+    if not secure and consent:  # SecAgg+ must not need the consent
+        extra[ALLOW_UNMASKED] = True
     grid = InProcessGrid(client_app, {nid: node_config(name, files[name], tmp_path, **extra)
                                       for nid, name in SITES.items()}, cfg.to_flat())
     deltas, examples = {}, {}
