@@ -134,6 +134,7 @@ def one_run(model: str, trainable: str, secure: bool, data: list[Path], work: Pa
             clients.append(start([str(BIN / "fl-client"), "--site", f"site-{i + 1}", "--insecure",
                                   "--server", f"127.0.0.1:{relays[-1].port}", "--data", str(path),
                                   "--ledger", str(work / f"{name}-site-{i + 1}.ledger.json"), "--no-dp",
+                                  *(["--allow-model", model] if model else []),
                                   *([] if secure else ["--allow-unmasked-updates"])],
                                  work / f"client-{name}-{i + 1}.log"))
         # Round ends: the moment the coordinator appends each round's line to metrics.jsonl.
