@@ -193,8 +193,9 @@ def _bad(field: str, reason: str):
     raise Malformed(field, reason)
 
 
-def _check_fields(metrics, allowed: frozenset | tuple) -> dict:
-    """Every field of `metrics` checked; a DP report has what its guarantee sentence needs."""
+def _checked(metrics, allowed: frozenset | tuple, skip: tuple = ()) -> dict:
+    """Every field of `metrics` is one of `allowed` and passes its check (those in `skip` are
+    the caller's to check)."""
     if not isinstance(metrics, Mapping):  # Flower hands over a ConfigRecord
         raise Malformed("metrics", "not a mapping")
     clean = {}
@@ -203,8 +204,14 @@ def _check_fields(metrics, allowed: frozenset | tuple) -> dict:
             raise Malformed(_field_name(key), "unknown field")
         if key.startswith("time_"):
             clean[key] = _number(value, key, 0.0, MAX_SECONDS)
-        else:
+        elif key not in skip:
             clean[key] = _CHECKS[key](value, key)
+    return clean
+
+
+def _check_fields(metrics, allowed: frozenset | tuple) -> dict:
+    """Every field of `metrics` checked; a DP report has what its guarantee sentence needs."""
+    clean = _checked(metrics, allowed)
     if "dp" not in clean:
         raise Malformed("dp", "missing (every report says whether it was trained with DP)")
     if clean["dp"]:
@@ -227,16 +234,7 @@ def evaluate_report(metrics, num_examples, loss, k: int) -> tuple[dict, np.ndarr
     site holds out no records); raises Malformed."""
     _int(num_examples, "num_examples", 0, MAX_RECORDS)
     _number(loss, "loss", -1e9, 1e9, nan_ok=True)
-    if not isinstance(metrics, Mapping):  # Flower hands over a ConfigRecord
-        raise Malformed("metrics", "not a mapping")
-    clean = {}
-    for key, value in metrics.items():
-        if key not in EVAL_FIELDS:
-            raise Malformed(_field_name(key), "unknown field")
-        if key.startswith("time_"):
-            clean[key] = _number(value, key, 0.0, MAX_SECONDS)
-        elif key == "site":
-            clean[key] = _CHECKS["site"](value, key)
+    clean = _checked(metrics, EVAL_FIELDS, skip=("confusion",))  # parsed below, bounded first
     if "confusion" not in metrics:
         if num_examples:
             raise Malformed("confusion", f"missing for {num_examples} evaluated records")

@@ -145,8 +145,8 @@ def test_link_cut_mid_round_the_round_completes_and_the_site_rejoins(tiny_model,
                 time.sleep(1)
             dropped_after = time.time() - cut_at
             time.sleep(5)
+            restored_at = time.time()  # before: C may be back while restore() is still returning
             net.restore("C")
-            restored_at = time.time()
             code = server.wait(timeout=600)
             c_alive = procs["C"].poll() is None  # C rode out the cut: it never gave up
             c_node = superlink_node(run_dir, "C")

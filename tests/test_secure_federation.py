@@ -41,6 +41,20 @@ def provision(tmp_path, sites, port, own_keys=()):
     return fed
 
 
+def control_home(run_dir):
+    """The coordinator's own Flower home for this run (a private folder, fresh per run), whose
+    config.toml reaches the SuperLink's control plane on loopback."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        homes = [p for p in run_dir.glob(".flwr-*") if (p / "config.toml").exists()]
+        if homes:
+            return homes[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no Flower home with a config.toml in {run_dir}")
+
+
 def refused(proc, fragment):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
@@ -110,7 +124,8 @@ def test_secure_federation_and_every_refusal(tiny_model, demo_dir, tmp_path):
                                        "secure-aggregation": False, "run-dir": str(tmp_path / "modified-run")})
         submitted = subprocess.run([str(BIN / "flwr"), "run", str(modified), "fedsilo", "--run-config",
                                     str(write_run_config_toml(mod_cfg, tmp_path / "mod.toml"))],
-                                   env=flower_env(run_dir / ".flwr"), capture_output=True, text=True, timeout=120)
+                                   env=flower_env(control_home(run_dir)), capture_output=True, text=True,
+                                   timeout=120)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
         for name in ("A", "B"):
