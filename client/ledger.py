@@ -215,7 +215,7 @@ class PrivacyLedger:
         return self.path.with_name(self.path.name + ".lock")
 
     def charge(self, *, site: str, run_id: str, server_round: int, noise_multiplier: float,
-               sample_rate: float, steps: int, budget: float) -> float:
+               sample_rate: float, steps: int, budget: float, mechanism: str = "DP-SGD") -> float:
         """Refuse the round if it would exceed `budget`; otherwise record it (durably) and
         return the new total epsilon. Call this before training; then put `anchor` in the
         round's audit record."""
@@ -232,7 +232,8 @@ class PrivacyLedger:
             if total > budget:
                 raise BudgetExhausted(f"site {site}: privacy budget exhausted, {spent:.2f} of {budget:.2f} "
                                       f"spent (this round would bring it to {total:.2f})")
-            entry = {"run_id": str(run_id), "round": int(server_round), "sample_rate": float(sample_rate),
+            entry = {"run_id": str(run_id), "round": int(server_round), "mechanism": str(mechanism),
+                     "sample_rate": float(sample_rate),
                      "noise_multiplier": float(noise_multiplier), "steps": int(steps),
                      "epsilon_total": float(total), "delta": self.delta,
                      "dataset_fingerprint": self.fingerprint, "records": int(self.n_records),

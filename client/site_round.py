@@ -26,6 +26,7 @@ import traceback
 import numpy as np
 
 from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
+from client import head_release
 from client.private_train import DPStepPlan, train_dp
 from client.site import site_data
 from client.site_limits import FitCounter, SiteRefusal, applies, check_fit_count, check_run
@@ -36,7 +37,7 @@ from common.config import RunConfig
 from common.data import LocalDetailError, print_local_detail
 from common.errors import FedSiloError
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
-from common.privacy import calibrate_noise, sample_rate, steps_per_round
+from common.privacy import DP_SGD, MECHANISM_KEYS, RELEASE, plan_run
 from common.updates import pack, unpack, update_problem
 
 
@@ -116,6 +117,8 @@ class SiteRound:
         data = self.train_data
         desc = f"site {self.site.name} round {server_round}"
         started = time.perf_counter()
+        if server_round == self.cfg.stats_round:  # head-init stats: release, do not train
+            return self._release_head_stats(parameters, server_round, desc)
         if self.site.privacy.dp:  # noise and sampling from the site's CSPRNG, never from the run's seed
             stats, report = self._train_private(data, server_round, desc)
         else:  # no DP to protect: shuffling may follow the run's seed, for reproducible runs
@@ -148,9 +151,45 @@ class SiteRound:
                                         "eval_records": len(self.site.eval),
                                   "redactions": json.dumps(redactions, sort_keys=True), **report, **seconds}
 
+    def _release_head_stats(self, parameters, server_round: int, desc: str):
+        """Round 1 of head-init stats: charge the ledger for one Gaussian release (under DP), then
+        send the noisy statistics of the frozen embeddings (client/head_release.py)."""
+        started = time.perf_counter()
+        report: dict = {"dp": False}
+        noise = None
+        if self.site.privacy.dp:
+            plan, report = self._charge(server_round, release=True)
+            noise = plan.release_noise
+        elif self.limited:
+            FitCounter(self.site.fit_counts, self.site.name).charge(self.run_id, self.cfg.rounds)
+        sent = head_release.release(self.model, self.train_data, len(self.cfg.labels), self.pad_id, noise)
+        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3)}
+        print(f"{desc}: released head statistics of {len(self.train_data)} records in {seconds['time_train']:.1f} s"
+              + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
+              flush=True)
+        self.audit("round", {"round": server_round, "release": "head statistics",
+                             "data_fingerprint": fingerprint(self.site.records),
+                             "received": weights_digest(parameters), "sent": weights_digest(sent),
+                             "redactions": dict(self.site.redactions),
+                             **({"ledger": self._ledger_anchor} if self._ledger_anchor else {}),
+                             **{k: report[k] for k in ("dp", "epsilon", "delta", "accountant") if k in report}})
+        return pack(sent), len(self.train_data), {
+            "site": self.site.name, "records": len(self.site.train), "eval_records": len(self.site.eval),
+            "redactions": json.dumps(dict(self.site.redactions), sort_keys=True), **report, **seconds}
+
     def _train_private(self, data, server_round: int, desc: str):
         """Charge the ledger first (refusing past the budget), then run DP-SGD."""
-        privacy, n = self.site.privacy, len(data)
+        plan, report = self._charge(server_round, release=False)
+        dp_plan = DPStepPlan(noise_multiplier=plan.sgd_noise, sample_rate=plan.sample_rate, steps=plan.steps,
+                             max_grad_norm=self.site.privacy.max_grad_norm)
+        stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), dp_plan, self.pad_id,
+                         ghost=self.cfg.trainable == "full", desc=desc, head_lr=self.cfg.head_lr_for(dp=True))
+        return stats, report
+
+    def _charge(self, server_round: int, release: bool):
+        """The run's privacy plan (common/privacy.plan_run) and this round's charge on the ledger,
+        refused past the budget; returns (plan, the round's privacy report)."""
+        privacy, n = self.site.privacy, len(self.train_data)
         if not self.site.audit_key.exists():
             generate_key(self.site.audit_key)  # the ledger is signed with the site's key
         try:
@@ -166,26 +205,25 @@ class SiteRound:
         delta = ledger.delta  # the ledger's own delta while it stays below 1/n (client/ledger.py)
         for note in ledger.notes:
             print(f"site {self.site.name}: privacy ledger: {note}", flush=True)
-        q = sample_rate(self.cfg.batch_size, n)
-        steps = steps_per_round(q, self.cfg.local_epochs)
-        sigma = calibrate_noise(privacy.target_epsilon, delta, q, steps * self.cfg.rounds, privacy.accountant)
+        plan = plan_run(privacy.target_epsilon, delta, privacy.accountant, n, self.cfg.batch_size,
+                        self.cfg.local_epochs, self.cfg.rounds, self.cfg.stats_round is not None,
+                        self.cfg.head_epsilon_share)
+        sigma, q, steps = (plan.release_noise, 1.0, 1) if release else (plan.sgd_noise, plan.sample_rate, plan.steps)
         try:
             epsilon = ledger.charge(site=self.site.name, run_id=self.run_id, server_round=server_round,
                                     noise_multiplier=sigma, sample_rate=q, steps=steps,
-                                    budget=privacy.privacy_budget)
+                                    budget=privacy.privacy_budget, mechanism=RELEASE if release else DP_SGD)
         except BudgetExhausted:
             raise
         except FedSiloError as err:
             raise LocalDetailError(f"site {self.site.name}: its privacy ledger refuses the round", str(err)) from None
-        plan = DPStepPlan(noise_multiplier=sigma, sample_rate=q, steps=steps,
-                          max_grad_norm=privacy.max_grad_norm)
         self._ledger_anchor = ledger.anchor  # the round's audit record pins the ledger's length and head
-        stats = train_dp(self.model, data, self.cfg.lr_for(dp=True), plan, self.pad_id,
-                         ghost=self.cfg.trainable == "full", desc=desc, head_lr=self.cfg.head_lr_for(dp=True))
         # Only privacy bookkeeping travels: the training loss is not DP-protected, so it stays here.
-        return stats, {"dp": True, "epsilon": epsilon, "delta": delta, "budget": privacy.privacy_budget,
-                       "accountant": privacy.accountant, "noise_multiplier": sigma, "sample_rate": q,
-                       "steps": steps}
+        shares = {MECHANISM_KEYS[m["mechanism"]]: round(m["epsilon_alone"], 4)
+                  for m in plan.shares(delta, privacy.accountant)}
+        return plan, {"dp": True, "epsilon": epsilon, "delta": delta, "budget": privacy.privacy_budget,
+                      "accountant": privacy.accountant, "noise_multiplier": sigma, "sample_rate": q,
+                      "steps": steps, "mechanisms": json.dumps(shares, sort_keys=True)}
 
     def evaluate(self, packed: list[np.ndarray], config: dict):
         set_weights(self.model, self.received(packed))

@@ -50,6 +50,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("head-learning-rate", float, 0.0, "Learning rate of the classification head; 0 = 3e-2 "
            "under DP (the new head starts near zero, and clipped, noisy steps move it slowly), "
            "else the learning rate.", minimum=0.0, maximum=1.0),
+    Option("head-init", str, "stats", "How the classification head starts. 'stats': round 1 is one "
+           "release of each site's sufficient statistics of its frozen encoder's normalised embeddings "
+           "(Gaussian noise added at the site under DP; SecAgg+ sums them), from which the server solves "
+           "a least-squares head; the other rounds train as `trainable` says. 'none': a random head, "
+           "every round trains.", choices=("stats", "none")),
+    Option("head-epsilon-share", float, 0.5, "head-init stats under DP, runs of more than one round: "
+           "the epsilon the statistics release would cost alone, as a share of each site's "
+           "target-epsilon; the later rounds' DP-SGD gets what keeps the exact composition of both "
+           "at target-epsilon. A one-round run spends it all on the release.", minimum=0.01, maximum=0.99),
     Option("max-length", int, 128, "Texts are truncated to this many tokens (batches are padded "
            "only to their own longest text).", minimum=8, maximum=8192),
     Option("trainable", str, "lora", "What trains and travels: 'lora' (LoRA adapters + "
@@ -152,6 +161,8 @@ class RunConfig:
     batch_size: int = 64
     learning_rate: float = 0.0
     head_learning_rate: float = 0.0
+    head_init: str = "stats"
+    head_epsilon_share: float = 0.5
     max_length: int = 128
     trainable: str = "lora"
     lora_r: int = 8
@@ -182,6 +193,11 @@ class RunConfig:
     sim_redact: bool = True
     sim_redact_entities: str = ""
     audit_key: str = ""
+
+    @property
+    def stats_round(self) -> int | None:
+        """The round in which sites release head statistics instead of training (head-init stats)."""
+        return 1 if self.head_init == "stats" else None
 
     def lr_for(self, dp: bool) -> float:
         return self.learning_rate or DEFAULT_LR[(self.trainable, dp)]

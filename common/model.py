@@ -94,9 +94,11 @@ class SentenceClassifier(torch.nn.Module):
     the same logits as one padded to max-length.
     """
 
-    def __init__(self, encoder: torch.nn.Module, num_labels: int):
+    def __init__(self, encoder: torch.nn.Module, num_labels: int, normalise: bool = False):
+        """normalise: the head reads the L2-normalised mean (a head from statistics, common/head_stats.py)."""
         super().__init__()
         self.encoder = encoder
+        self.normalise = normalise
         config = encoder.config
         drop = getattr(config, "classifier_dropout", None)
         self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
@@ -109,11 +111,16 @@ class SentenceClassifier(torch.nn.Module):
     def config(self):  # the encoder's config carries num_labels / id2label (saved with the model)
         return self.encoder.config
 
-    def forward(self, input_ids, attention_mask, labels=None, **inputs):
+    def pooled(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
+        """What the head reads: the attention-masked mean of the last hidden states (L2-normalised
+        when `normalise`)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalise else pooled
+
+    def forward(self, input_ids, attention_mask, labels=None, **inputs):
+        logits = self.classifier(self.dropout(self.pooled(input_ids, attention_mask, **inputs)))
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
         return ClassifierOutput(logits=logits, loss=loss)
 
@@ -148,7 +155,7 @@ def build_model(cfg: RunConfig, seed: int | None = None) -> SentenceClassifier:
         encoder = _add_lora(encoder, cfg)
     elif cfg.trainable == "head":
         encoder.requires_grad_(False)
-    model = SentenceClassifier(encoder, len(cfg.labels))
+    model = SentenceClassifier(encoder, len(cfg.labels), normalise=cfg.head_init == "stats")
     model.train()  # from_pretrained leaves eval mode; dropout matters in training
     return model
 
@@ -231,7 +238,8 @@ def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -
         encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
-        save_file(head, tmp / HEAD_FILE, metadata={"pooling": "attention-masked mean of last_hidden_state"})
+        pooling = "attention-masked mean of last_hidden_state" + (", L2-normalised" if model.normalise else "")
+        save_file(head, tmp / HEAD_FILE, metadata={"pooling": pooling})
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -248,18 +256,20 @@ def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -
 
 def load_classifier(model_dir: Path) -> SentenceClassifier:
     """The model save_classifier_atomic wrote, in eval mode."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     quiet_transformers()
     model_dir = Path(model_dir)
     try:
         head = load_file(model_dir / HEAD_FILE)
+        with safe_open(model_dir / HEAD_FILE, framework="pt") as fh:
+            pooling = (fh.metadata() or {}).get("pooling", "")
     except (OSError, SafetensorError) as err:
         raise FedSiloError(f"{model_dir}: no readable {HEAD_FILE} ({str(err).splitlines()[0][:120]})") from None
     encoder = _load_encoder(str(model_dir), str(model_dir))
     labels = encoder.config.id2label
-    model = SentenceClassifier(encoder, len(labels))
+    model = SentenceClassifier(encoder, len(labels), normalise="L2-normalised" in pooling)
     try:
         model.classifier.load_state_dict(head)
     except RuntimeError as err:

@@ -108,7 +108,30 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
 # the next round's "spent"), and a simulation process serves many virtual sites of equal size.
 @functools.lru_cache(maxsize=1024)
 def _epsilon(merged_history: tuple, delta: float, accountant: str) -> float:
+    if all(q == 1.0 for _, q, _ in merged_history):  # Gaussian releases only: exact, in closed form
+        return gaussian_epsilon(sum(steps / sigma**2 for sigma, _, steps in merged_history) ** -0.5, delta)
     return float(make_accountant(accountant, list(merged_history)).get_epsilon(delta=delta))
+
+
+def gaussian_epsilon(z: float, delta: float) -> float:
+    """Exact epsilon of one Gaussian mechanism with noise multiplier z (std / sensitivity) at
+    delta: the analytic Gaussian mechanism of Balle & Wang (2018), whose
+    delta(eps) = Phi(1/(2z) - eps z) - e^eps Phi(-1/(2z) - eps z). k releases with z compose to
+    one with z / sqrt(k). Opacus's PRV accountant gives the same value, some seconds later."""
+    from scipy.special import log_ndtr, ndtr
+
+    def delta_at(eps: float) -> float:
+        return float(ndtr(0.5 / z - eps * z) - math.exp(eps + log_ndtr(-0.5 / z - eps * z)))
+
+    low, high = 0.0, 1.0
+    if delta_at(low) <= delta:
+        return 0.0
+    while delta_at(high) > delta:
+        low, high = high, high * 2.0
+    for _ in range(100):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if delta_at(mid) > delta else (low, mid)
+    return high  # rounded up: never less than the exact value
 
 
 def merge_history(history) -> list[tuple[float, float, int]]:
@@ -137,8 +160,100 @@ def calibrate_noise(target_epsilon: float, delta: float, q: float, total_steps: 
     return float(sigma)
 
 
+@functools.lru_cache(maxsize=256)
+def gaussian_noise_for(epsilon: float, delta: float, accountant: str) -> float:
+    """The noise multiplier z of one Gaussian release (q = 1, one step) that costs `epsilon`."""
+    return _bisect_noise(lambda z: epsilon_of([(z, 1.0, 1)], delta, accountant), epsilon)
+
+
+@functools.lru_cache(maxsize=256)
+def sgd_noise_after(release: tuple[float, float, int], epsilon: float, delta: float, q: float,
+                    total_steps: int, accountant: str) -> float:
+    """The DP-SGD noise multiplier whose (q, total_steps) composed with `release` costs `epsilon`
+    in all: the accountant composes both exactly, no epsilon is simply added."""
+    # Alone, DP-SGD could spend all of epsilon: its noise then is a lower bound (and keeps the
+    # PRV accountant away from tiny multipliers, where it is slow).
+    alone = calibrate_noise(epsilon, delta, q, total_steps, accountant)
+    return _bisect_noise(lambda s: epsilon_of([release, (s, q, total_steps)], delta, accountant), epsilon,
+                         low=alone, high=alone * 1.25)
+
+
+def _bisect_noise(cost, epsilon: float, tolerance: float = 0.005, low: float = 0.05, high: float = 1.0) -> float:
+    """The smallest noise multiplier (to `tolerance` relative in epsilon) whose cost is at most
+    epsilon: cost() falls as the noise grows. Errs on the side of more noise."""
+    if cost(low) <= epsilon:
+        return low
+    while cost(high) > epsilon:
+        low, high = high, high * 1.5
+        if high > 1e4:
+            raise FedSiloError(f"cannot calibrate noise for epsilon={epsilon}")
+    for _ in range(60):
+        mid = (low + high) / 2.0
+        spent = cost(mid)
+        if spent > epsilon:
+            low = mid
+        else:
+            high = mid
+            if spent >= epsilon * (1.0 - tolerance):
+                break
+    return float(high)
+
+
+# The mechanisms a site runs, as they appear in its ledger, reports and the model card.
+RELEASE = "head statistics (Gaussian mechanism, sensitivity sqrt(2), q=1, one release)"
+DP_SGD = "DP-SGD (Poisson-subsampled Gaussian, per-example clipping)"
+MECHANISM_KEYS = {RELEASE: "head-statistics", DP_SGD: "dp-sgd"}  # as reports carry them
+MECHANISM_NAMES = {key: name for name, key in MECHANISM_KEYS.items()}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A site's privacy plan for one run: what each round releases, with which noise."""
+    release_noise: float | None  # noise multiplier z of the round-1 statistics release, if any
+    sgd_noise: float | None  # DP-SGD noise multiplier of the training rounds, if any
+    sample_rate: float
+    steps: int  # DP-SGD steps per training round
+    sgd_rounds: int
+
+    def history(self) -> list[tuple[float, float, int]]:
+        """The whole run's accountant entries, in the order they are charged."""
+        out = [(self.release_noise, 1.0, 1)] if self.release_noise is not None else []
+        return out + ([(self.sgd_noise, self.sample_rate, self.steps * self.sgd_rounds)] if self.sgd_rounds else [])
+
+    def shares(self, delta: float, accountant: str) -> list[dict]:
+        """Each mechanism with its parameters and the epsilon it would cost alone (the composed
+        total is less than their sum: the accountant composes them exactly)."""
+        out = []
+        if self.release_noise is not None:
+            out.append({"mechanism": RELEASE, "noise_multiplier": self.release_noise, "releases": 1,
+                        "epsilon_alone": epsilon_of([(self.release_noise, 1.0, 1)], delta, accountant)})
+        if self.sgd_rounds:
+            out.append({"mechanism": DP_SGD, "noise_multiplier": self.sgd_noise, "sample_rate": self.sample_rate,
+                        "steps": self.steps * self.sgd_rounds,
+                        "epsilon_alone": epsilon_of(self.history()[-1:], delta, accountant)})
+        return out
+
+
+@functools.lru_cache(maxsize=256)
+def plan_run(target_epsilon: float, delta: float, accountant: str, n: int, batch_size: int, local_epochs: int,
+             rounds: int, head_stats: bool, release_share: float) -> RunPlan:
+    """Noise for every mechanism of the run so that their exact composition costs target_epsilon.
+    With head statistics, round 1 is the release: it alone would cost release_share x target
+    (all of it in a one-round run); DP-SGD over the other rounds gets the noise that brings the
+    composition to the target."""
+    q = sample_rate(batch_size, n)
+    steps = steps_per_round(q, local_epochs)
+    if not head_stats:
+        return RunPlan(None, calibrate_noise(target_epsilon, delta, q, steps * rounds, accountant), q, steps, rounds)
+    if rounds == 1:
+        return RunPlan(gaussian_noise_for(target_epsilon, delta, accountant), None, q, steps, 0)
+    z = gaussian_noise_for(target_epsilon * release_share, delta, accountant)
+    sigma = sgd_noise_after((z, 1.0, 1), target_epsilon, delta, q, steps * (rounds - 1), accountant)
+    return RunPlan(z, sigma, q, steps, rounds - 1)
+
+
 def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str, n: int,
-                       n_eval: int | None = None) -> str:
+                       n_eval: int | None = None, mechanisms: dict[str, float] | None = None) -> str:
     """The one exact sentence every report carries for a DP site (epsilon rounded up, never down):
     what DP covers (the n training records) and what it does not (the held-out records, whose
     confusion counts the site sends in the clear)."""
@@ -146,6 +261,11 @@ def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str,
                 f" Its {n_eval} held-out evaluation records are not covered: the server receives their "
                 "confusion counts (true class x predicted class) every round." if n_eval else
                 " It holds out no evaluation records.")
+    ran = ""
+    if mechanisms:  # each mechanism's epsilon alone: the total is their exact composition, not their sum
+        ran = (" Its last run's mechanisms, with the epsilon each would cost alone (composed exactly, not added): "
+               + "; ".join(f"{MECHANISM_NAMES.get(k, k)}: {math.ceil(v * 100) / 100:.2f}"
+                           for k, v in sorted(mechanisms.items())) + ".")
     return (f"site {site}: record-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy "
             f"for its {n} training records, composed over every round it has trained on this dataset, "
-            f"accounted with the {ACCOUNTANT_NAMES[accountant]}.{held_out}")
+            f"accounted with the {ACCOUNTANT_NAMES[accountant]}.{ran}{held_out}")

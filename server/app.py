@@ -7,6 +7,7 @@ stack on which Flower's SecAgg+ workflow runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ from common.model import (
     set_weights,
 )
 from common.privacy import guarantee_sentence
+from server.head_init import label_names_prior
 from server.model_card import write_model_card
 from server.run_dir import RunDir
 from server.secure_aggregation import workflow
@@ -151,6 +153,8 @@ def run(grid: Grid, context: Context) -> None:
         done, initial = 0, get_weights(model)
         run_dir.save_round_weights(0, initial)
     strategy = FedSiloStrategy(cfg, run_dir, initial, audit, resumed)
+    if cfg.stats_round is not None and done < cfg.stats_round:
+        strategy.head_prior = label_names_prior(model, load_tokenizer(cfg.model), cfg.labels, cfg.max_length)
     started = time.monotonic()
     if done < cfg.rounds:
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
@@ -216,7 +220,8 @@ def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:
         if rep.get("dp"):
             n_eval = rep.get("eval_records")
             out[name] = guarantee_sentence(name, float(rep["epsilon"]), float(rep["delta"]), str(rep["accountant"]),
-                                           int(rep["records"]), None if n_eval is None else int(n_eval))
+                                           int(rep["records"]), None if n_eval is None else int(n_eval),
+                                           json.loads(rep["mechanisms"]) if rep.get("mechanisms") else None)
         else:
             out[name] = f"site {name}: NO differential privacy (turned off at the site with --no-dp)."
     return out

@@ -52,7 +52,10 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
         ("Task", f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
         ("Base model", f"{cfg.model or EMBEDDED_MODEL}; trainable set: {cfg.trainable}"
                        + (f" (LoRA r={cfg.lora_r} on {', '.join(cfg.lora_targets)} + head)" if cfg.trainable == "lora" else "")
-                       + "; the head is linear, on the mean of the last hidden states"),
+                       + "; the head is linear, on the mean of the last hidden states"
+                       + (" (L2-normalised), started in round 1 from the sites' released head statistics (ridge "
+                          "least squares; under DP each site's release is a Gaussian mechanism charged to its ledger)"
+                          if cfg.head_init == "stats" else ", started at random")),
         ("Training", f"{len(summary.get('rounds_completed', []))} of {summary.get('rounds_planned')} federated "
                      f"rounds completed (run {summary.get('run_id')}); failed rounds: "
                      f"{summary.get('rounds_failed') or 'none'}; server step: {server_step(cfg)}."),

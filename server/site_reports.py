@@ -21,15 +21,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.errors import printable
-from common.privacy import ACCOUNTANT_NAMES
+from common.privacy import ACCOUNTANT_NAMES, MECHANISM_NAMES
 from common.redaction import ENTITY_TYPES
 
 FIT_FIELDS = frozenset({"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget",
-                        "accountant", "noise_multiplier", "sample_rate", "steps", "train_loss",
+                        "accountant", "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
                         "time_load", "time_tokenise", "time_train"})
 EVAL_FIELDS = frozenset({"site", "confusion", "time_load", "time_tokenise", "time_evaluate"})
 # What the coordinator keeps of each site's last fit report (state.json, the summary, the card).
-PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions")
+PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions",
+                "mechanisms")
 DP_REQUIRED = ("epsilon", "delta", "accountant", "records")  # what a DP guarantee sentence needs
 
 MAX_RECORDS = 10**9  # records, held-out records, examples, each count of a confusion matrix
@@ -158,6 +159,19 @@ def redaction_counts(text) -> dict[str, int]:
     return counts
 
 
+def mechanism_shares(text) -> str:
+    """The epsilon each mechanism of the site's run would cost alone: a JSON object of known
+    mechanism keys (common/privacy.py MECHANISM_KEYS) to numbers; returned in canonical form."""
+    shares = _json(text, "mechanisms", 200, 1)
+    if not isinstance(shares, dict) or not shares:
+        raise Malformed("mechanisms", "not a JSON object of epsilons")
+    for key, value in shares.items():
+        if key not in MECHANISM_NAMES:
+            raise Malformed("mechanisms", "unknown mechanism")
+        _number(value, "mechanisms", 0.0, MAX_EPSILON)
+    return json.dumps(shares, sort_keys=True)
+
+
 def confusion_matrix(text, k: int) -> np.ndarray:
     """A site's confusion matrix: JSON, k lists of k whole counts, each at most MAX_RECORDS."""
     longest = 2 + k * (2 + k * (len(str(MAX_RECORDS)) + 2))  # '[' + k * '[n, n, ...], ' + ']'
@@ -184,6 +198,7 @@ _CHECKS = {
     "noise_multiplier": lambda v, f: _number(v, f, 0.0, 1e6),
     "sample_rate": lambda v, f: _number(v, f, 0.0, 1.0),
     "steps": lambda v, f: _int(v, f, 0, MAX_STEPS),
+    "mechanisms": lambda v, f: mechanism_shares(v),
     "train_loss": lambda v, f: _number(v, f, -1e9, 1e9, nan_ok=True),  # NaN: no batch was trained
     "site": lambda v, f: v if valid_site_name(v) else _bad(f, "not 1-64 letters, digits, '-' or '_'"),
 }

@@ -37,6 +37,7 @@ from common.errors import FedSiloError, printable
 from common.model import weights_digest
 from common.updates import pack, unpack, update_problem
 from server.report import report_dict, round_line
+from server.head_init import release_shapes, with_solved_head
 from server.run_dir import RunDir
 from server.secure_aggregation import MAX_SITES_PER_ROUND
 from server.site_reports import (Malformed, claimed, evaluate_report, failure_text, fit_report, privacy_entry,
@@ -74,6 +75,7 @@ class FedSiloStrategy(FedAvg):
         self._sampled: dict[int, set[str]] = {}  # round -> node ids asked to train
         self._unreadable: dict[str, list[str]] = {"train": [], "evaluate": []}  # dropped replies, named
         self.offset = 0
+        self.head_prior = None  # head-init stats: the label names' zero-shot head (server/app.py)
         # Who each node is: from enrolment (its authenticated key), never from what it says.
         self.enrolled = run_dir.enrolled_sites()
         if resumed:  # a checkpoint from state.json (server/app.py checked it fits this run)
@@ -193,13 +195,13 @@ class FedSiloStrategy(FedAvg):
         reports = self._check_reports(server_round, results, failure_texts)
         if self.cfg.secure_aggregation:  # the one result is already the sum: no site to judge
             try:  # a site with a malformed report is inside the sum all the same
-                accepted = [(proxy, res, unpack(parameters_to_ndarrays(res.parameters), self.shapes))
+                accepted = [(proxy, res, unpack(parameters_to_ndarrays(res.parameters), self._shapes(server_round)))
                             for proxy, res in results]
             except FedSiloError as err:
                 self.fail_round(server_round, f"aggregate refused: {err}")
                 return None, {}
         else:  # a site with a malformed report is left out, its update too
-            accepted, rejected = self._validate([(p, r) for p, r in results if id(r) in reports])
+            accepted, rejected = self._validate([(p, r) for p, r in results if id(r) in reports], server_round)
             failure_texts += rejected
         sites = {self.site_name(proxy, reports[id(res)]): (res, reports[id(res)])
                  for proxy, res, _ in accepted if id(res) in reports}
@@ -222,13 +224,18 @@ class FedSiloStrategy(FedAvg):
             deltas = accepted[0][2]
         else:
             deltas = self._combine([(update, res.num_examples) for _, res, update in accepted])
-        problem = update_problem(deltas, self.global_weights, check_dtype=False)
+        problem = update_problem(deltas, self._reference(server_round), check_dtype=False)
         if problem:  # a SecAgg+ sum is checked too: a site's garbage is caught here, if not by name
             self.failed_rounds[server_round] = f"aggregate refused: {problem}"
             log(WARNING, "round %d failed (%s); the global model is unchanged", server_round, problem)
             return None, {}
-        step = self._server_step(deltas)
-        self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, step)]
+        if server_round == self.cfg.stats_round:  # the head, solved from the mean statistics
+            self.global_weights, ridge = with_solved_head(self.global_weights, deltas,
+                                                          [clean for _res, clean in sites.values()], self.head_prior)
+            self.round_record["head_from_statistics"] = {"ridge": ridge}
+        else:
+            step = self._server_step(deltas)
+            self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, step)]
         if self.momentum is not None:  # before the weights: a resume needs both of a completed round
             self.run_dir.save_round_momentum(server_round, self.momentum)
         self.run_dir.save_round_weights(server_round, self.global_weights)
@@ -268,20 +275,32 @@ class FedSiloStrategy(FedAvg):
         taken, self._unreadable[kind] = self._unreadable.get(kind, []), []
         return taken
 
-    def _validate(self, results):
+    def _shapes(self, server_round: int) -> list[tuple[int, ...]]:
+        """What a site's reply is cut into: head statistics in the statistics round, else the
+        global model's trainable tensors."""
+        return release_shapes(self.global_weights) if server_round == self.cfg.stats_round else self.shapes
+
+    def _reference(self, server_round: int) -> list[np.ndarray]:
+        """What a reply is checked against (shapes, dtypes) in `server_round`."""
+        if server_round != self.cfg.stats_round:
+            return self.global_weights
+        return [np.zeros(shape, dtype=np.float32) for shape in self._shapes(server_round)]
+
+    def _validate(self, results, server_round: int):
         """(proxy, result, decoded update) of each update that passes common/updates.py; the
-        senders of the others named."""
+        senders of the others named. Statistics have no norm bound: their values are checked."""
         kept, rejected = [], []
+        max_norm = 0.0 if server_round == self.cfg.stats_round else self.cfg.max_update_norm
         for proxy, res in results:
             name = self.site_name(proxy, claimed(res.metrics))
             try:
-                update = unpack(parameters_to_ndarrays(res.parameters), self.shapes)
+                update = unpack(parameters_to_ndarrays(res.parameters), self._shapes(server_round))
             except FedSiloError as err:
                 problem = f"malformed: {err}"
             except Exception as err:  # noqa: BLE001 - whatever a site's bytes make numpy raise
                 problem = f"malformed ({type(err).__name__})"
             else:
-                problem = update_problem(update, self.global_weights, self.cfg.max_update_norm)
+                problem = update_problem(update, self._reference(server_round), max_norm)
             if problem:
                 rejected.append(f"site {name}: update rejected: {problem}")
                 self.round_record.setdefault("rejected", {})[name] = problem

@@ -67,3 +67,33 @@ def test_a_ledger_over_two_runs_reports_the_independent_total(tmp_path):
     reference = pld_epsilons(history)
     assert reported == pytest.approx(reference, rel=0.02)
     assert_agrees(history, reference)
+
+
+def pld_mixed(history: list[tuple[float, float, int]], delta: float = DELTA) -> list[float]:
+    """pld_epsilons where a q = 1 entry is the plain Gaussian mechanism (one release)."""
+    accountant = PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
+    spent = []
+    for sigma, q, steps in history:
+        event = dp_accounting.GaussianDpEvent(sigma)
+        accountant.compose(event if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, event), steps)
+        spent.append(accountant.get_epsilon(delta))
+    return spent
+
+
+@pytest.mark.parametrize("target, rounds, share", [(8.0, 5, 0.5), (3.0, 3, 0.3), (8.0, 1, 0.5)])
+def test_head_statistics_and_dp_sgd_compose_to_what_an_independent_accountant_says(target, rounds, share):
+    # head-init stats: round 1 is one Gaussian release, rounds 2.. DP-SGD (common/privacy.plan_run).
+    from common.privacy import plan_run
+
+    plan = plan_run(target, DELTA, "prv", 800, 64, 1, rounds, True, share)
+    per_round = [(plan.release_noise, 1.0, 1)] + [(plan.sgd_noise, plan.sample_rate, plan.steps)] * (rounds - 1)
+    reference = pld_mixed(per_round)
+    for k, pld in enumerate(reference, 1):  # what the site's ledger reports after every round
+        assert epsilon_of(per_round[:k], DELTA, "prv") == pytest.approx(pld, rel=0.02), (k, pld)
+    assert 0.95 * target <= reference[-1] <= 1.02 * target
+    shares = plan.shares(DELTA, "prv")  # each mechanism's epsilon alone, as the reports name them
+    alone = share * target if rounds > 1 else target
+    assert shares[0]["epsilon_alone"] == pytest.approx(pld_mixed([(plan.release_noise, 1.0, 1)])[0], rel=0.02)
+    assert 0.95 * alone <= shares[0]["epsilon_alone"] <= 1.0001 * alone
+    if rounds > 1:
+        assert shares[1]["epsilon_alone"] == pytest.approx(pld_mixed(per_round[1:])[-1], rel=0.02)

@@ -108,8 +108,12 @@ def test_head_reads_the_masked_mean_of_the_last_hidden_states(tiny_model):
     batch.pop("labels", None)
     hidden = model.encoder(**batch).last_hidden_state
     real = len(enc.ids[0])
-    expected = model.classifier(hidden[0, :real].mean(dim=0))
+    mean = hidden[0, :real].mean(dim=0)
+    # head-init stats (the default): the head reads the mean L2-normalised, as its statistics were
+    expected = model.classifier(mean / mean.norm())
     torch.testing.assert_close(model(**batch).logits[0], expected, atol=1e-5, rtol=1e-4)
+    raw = build_model(cfg_for(tiny_model, trainable="full", **{"head-init": "none"})).eval()
+    torch.testing.assert_close(raw(**batch).logits[0], raw.classifier(mean), atol=1e-5, rtol=1e-4)
 
 
 def test_the_head_gets_its_own_learning_rate(tiny_model):

@@ -97,7 +97,7 @@ def strategy_with_enrolment(tmp_path, enrolled):
     if enrolled is not None:
         (run.path / "sites.json").write_text(json.dumps(enrolled))
     generate_key(tmp_path / "audit.key")
-    cfg = RunConfig.from_dict({"labels": "a,b", "secure-aggregation": False, "min-sites": 1})
+    cfg = RunConfig.from_dict({"labels": "a,b", "secure-aggregation": False, "min-sites": 1, "head-init": "none"})
     return FedSiloStrategy(cfg, run, [np.zeros(2, dtype=np.float32)],
                            AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
 

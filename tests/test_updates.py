@@ -58,8 +58,9 @@ def test_valid_update_and_norm():
 
 
 def make_strategy(tmp_path, **options) -> FedSiloStrategy:
+    # round 1 trains (no head statistics): these tests are about model updates
     cfg = RunConfig.from_dict({"labels": "a,b", "secure-aggregation": False, "run-dir": str(tmp_path),
-                               **options})
+                               "head-init": "none", **options})
     tmp_path.mkdir(parents=True, exist_ok=True)
     generate_key(tmp_path / "audit.key")
     return FedSiloStrategy(cfg, RunDir(tmp_path / "run"), [w.copy() for w in REFERENCE],

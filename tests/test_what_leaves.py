@@ -26,10 +26,13 @@ from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 import client.site_round as site_round
+from client import head_release
 from client.app import app as client_app
 from client.site import site_data
 from common.config import RunConfig
+from common.head_stats import SENSITIVITY
 from common.model import load_tokenizer
+from common.updates import pack
 from server.app import run as server_run
 from server.secure_aggregation import SECAGG_CLIP, SECAGG_MAX_WEIGHT, SECAGG_QUANTIZATION
 from tests.helpers import LABELS
@@ -45,7 +48,7 @@ SITES = {2**40 + 7919 * i: name for i, name in enumerate("ABC")}  # node id -> s
 
 # Every metric a site may send, as the README's "What leaves a site" table lists them.
 FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget", "accountant",
-              "noise_multiplier", "sample_rate", "steps", "train_loss",
+              "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
               "time_load", "time_tokenise", "time_train"}
 EVAL_FIELDS = {"site", "confusion", "time_load", "time_tokenise", "time_evaluate"}
 MAX_CORRELATION = 0.1  # |r| over 2,180 values: a masked vector gives ~0.02, the update itself 1.0
@@ -82,11 +85,14 @@ def node_config(name: str, data, tmp_path, **extra) -> dict:
             **extra}
 
 
-def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True) -> Round:
+def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True, head_init: str = "none",
+              exact: dict | None = None) -> Round:
+    """One round; head_init "stats" makes it the head-statistics release (each site's exact,
+    noise-free statistics then go into `exact`, computed by the test from the site's own state)."""
     files = site_files(demo_dir, tmp_path)
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "rounds": 1, "batch-size": 32,
                                "min-sites": 3, "round-timeout": 120.0, "secure-aggregation": secure,
-                               "run-dir": str(tmp_path / "run")})
+                               "run-dir": str(tmp_path / "run"), "head-init": head_init})
     extra = {ALLOW_MODEL: str(tiny_model)}
     if not secure and consent:  # SecAgg+ must not need the consent
         extra[ALLOW_UNMASKED] = True
@@ -100,6 +106,10 @@ def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True
         if request["op"] == "fit":
             name = request["node_config"][SITE]
             deltas[name], examples[name] = result[0][0].astype(np.float64), result[1]
+            if exact is not None:
+                site = site_round._current[1]
+                exact[name] = (pack(head_release.release(site.model, site.train_data, len(cfg.labels), site.pad_id,
+                                                         None))[0].astype(np.float64), result[2])
         return result
 
     with pytest.MonkeyPatch.context() as mp:
@@ -284,6 +294,43 @@ def test_without_its_operators_consent_a_site_refuses_a_plain_round(tiny_model, 
                                  for m in fit)
     assert rnd.deltas == {}  # refused before training: no update was even computed
     assert rnd.summary["rounds_completed"] == [] and not rnd.aggregate.any()
+
+
+# ---------------------------------------------------------------------------- head statistics
+def test_head_statistics_leave_masked_under_secagg(tiny_model, demo_dir, tmp_path):
+    # head-init stats: round 1 sends each site's noisy statistics, through SecAgg+ like an update
+    rnd = run_round(tiny_model, demo_dir, tmp_path, secure=True, head_init="stats")
+    assert rnd.summary["rounds_completed"] == [1]
+    n = len(rnd.deltas["A"])
+    for name in SITES.values():
+        fit = [m for m in rnd.replies(name) if m.metadata.message_type == "train"]
+        assert all(len(a) == 0 for m in fit for a in m.content.array_records.values())  # nothing plain
+        masked = [m for m in fit if Key.MASKED_PARAMETERS in m.content.config_records[RECORD_KEY_CONFIGS]]
+        vectors = [npy(b) for b in masked[0].content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+        assert [(v.dtype.kind, v.shape) for v in vectors] == [("i", (1,)), ("i", (n,))]
+        for reply in rnd.replies(name):
+            assert what_leaks(reply, rnd) == [], name
+        metrics = masked[0].content.config_records["fitres.metrics"]
+        assert json.loads(metrics["mechanisms"]) == {"head-statistics": pytest.approx(8.0, rel=0.01)}
+        assert metrics["sample_rate"] == 1.0 and metrics["steps"] == 1
+    # the server solved a head from the sum: the classifier changed, the adapters did not
+    rounds = tmp_path / "run" / "rounds"
+    before, after = np.load(rounds / "round-0000.npz"), np.load(rounds / "round-0001.npz")
+    changed = [k for k in before.files if not np.array_equal(before[k], after[k])]
+    assert len(changed) == 2 and len(before.files) > 2, changed
+
+
+def test_a_plain_release_of_head_statistics_carries_the_sites_noise(tiny_model, demo_dir, tmp_path):
+    # The curious server without SecAgg+ gets each site's statistics: they must be noised with
+    # std z * sqrt(2) / n on every value (z as the site reports it), not sent as computed.
+    exact: dict = {}
+    rnd = run_round(tiny_model, demo_dir, tmp_path, secure=False, head_init="stats", exact=exact)
+    assert rnd.summary["rounds_completed"] == [1] and sorted(exact) == ["A", "B", "C"]
+    for name, (clean, metrics) in exact.items():
+        noise = rnd.deltas[name] - clean
+        expected = metrics["noise_multiplier"] * SENSITIVITY / metrics["records"]
+        assert np.std(noise) == pytest.approx(expected, rel=0.12), name
+        assert abs(np.mean(noise)) < 4 * expected / np.sqrt(noise.size)
 
 
 # ---------------------------------------------------------------------------- the checker catches leaks
