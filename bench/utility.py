@@ -48,17 +48,25 @@ MAX_LENGTH = 128
 EVAL_FRACTION = 0.1  # each site's share held out for Flower's per-round evaluation (as a real site does)
 # Compute decides the sizes: MiniLM-L6 trains at tens (long texts) to a few hundred (short texts)
 # examples/s on 2 cores, and the full profile runs 30 arms per dataset. SST-2, the headline, gets most.
+# The arms' recipes, as fl-sim flags on top of the profile's rounds, epochs and batch. "federated"
+# and "federated DP" are the recipe before head-init stats (a random head, every round trains):
+# kept, with the flag that reproduces them, so earlier rows stay comparable. The two "head from
+# statistics" arms are FedSilo's defaults (round 1 releases head statistics; see
+# bench/private_head.py for how its constants were chosen on validation rows).
+STATS, STATS_DP = "federated, head from statistics", "federated DP, head from statistics"
+RECIPES = {"federated": ("--head-init", "none"), "federated DP": ("--head-init", "none"), STATS: (), STATS_DP: ()}
 PROFILES = {
     # quick: a smoke test of every code path (small batches, so a few hundred examples still make steps)
     "quick": {"datasets": ["sst2"], "train_examples": {"sst2": 400}, "seeds": [42],
               "rounds": 2, "local_epochs": 1, "batch_size": 16, "partitions": ["dirichlet"],
-              "arms": [("federated", None), ("federated DP", 8.0)]},
+              "arms": [("federated", None), ("federated DP", 8.0), (STATS_DP, 8.0)]},
     "full": {"datasets": list(DATASETS),
              "train_examples": {"sst2": 4000, "banking77": 2000, "financial_phrasebank": 2000,
                                 "medical_abstracts": 1000},
              "seeds": [42, 43, 44], "rounds": 5, "local_epochs": 1, "batch_size": 64,
              "partitions": ["iid", "dirichlet"],
-             "arms": [("federated", None), ("federated DP", 1.0), ("federated DP", 3.0), ("federated DP", 8.0)]},
+             "arms": [("federated", None), ("federated DP", 1.0), ("federated DP", 3.0), ("federated DP", 8.0),
+                      (STATS, None), (STATS_DP, 8.0)]},
 }
 FL_SIM_TIMEOUT = 4 * 3600.0
 # The issue's target: full profile, SST-2, MiniLM-L6, alpha=0.5: DP at epsilon 8 within 3 points of the ceiling.
@@ -137,13 +145,14 @@ def centralised(texts: list[str], labels: list[str], label_set: tuple[str, ...],
 
     torch.manual_seed(seed)
     cfg = RunConfig.from_dict({"labels": ",".join(label_set), "local-epochs": epochs, "batch-size": batch_size,
-                               "max-length": MAX_LENGTH, "seed": seed})
+                               "max-length": MAX_LENGTH, "seed": seed, "head-init": "none"})
     tokenizer, model = load_tokenizer(cfg.model), build_model(cfg)
     index = {name: i for i, name in enumerate(label_set)}
     data = encode(tokenizer, texts, MAX_LENGTH, np.array([index[x] for x in labels]))
     started = time.monotonic()
     stats = train_local(model, data, cfg, tokenizer.pad_token_id or 0, seed=seed, desc="centralised")
     result = {"train_seconds": round(time.monotonic() - started, 1), "train_loss": round(stats["train_loss"], 4),
+              "epochs": epochs, "batch_size": batch_size, "flags": "head-init none",
               "train_examples": len(data), "example_passes": len(data) * epochs,
               "learning_rate": cfg.lr_for(dp=False)}
     return {**result, **scores(model, tokenizer, *test, label_set)}
@@ -165,6 +174,8 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
            "--no-redact", "--run-dir", str(run_dir)]
     cmd += ["--no-dp"] if epsilon is None else ["--target-epsilon", str(epsilon), "--privacy-budget", str(epsilon)]
     cmd += list(extra)
+    recipe = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"], "batch_size": prof["batch_size"],
+              "flags": " ".join(extra)}
     measured = run_measured(cmd, FL_SIM_TIMEOUT, work / f"fl-sim-{name}.log", every=2.0)
     summary = run_dir / "summary.json"
     if measured["returncode"] != 0 or not summary.exists():
@@ -172,7 +183,7 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
                 "log_tail": tail(work / f"fl-sim-{name}.log")}
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     fits = [site for r in rounds for site in r.get("fit", {}).values()]
-    result = {"status": json.loads(summary.read_text())["status"], "wall_seconds": measured["wall_seconds"],
+    result = {"status": json.loads(summary.read_text())["status"], "wall_seconds": measured["wall_seconds"], **recipe,
               "rounds_completed": sum(r["status"] == "ok" for r in rounds),
               # what each site reported it trained on, summed over sites and rounds
               "example_passes": sum(f["examples"] for f in fits) * prof["local_epochs"],
@@ -201,7 +212,9 @@ def measure_arm(arm: str, epsilon: float | None, texts: list[str], labels: list[
             return {"status": "ok", **centralised([texts[i] for i in union], [labels[i] for i in union], label_set,
                                                   prof["rounds"] * prof["local_epochs"], prof["batch_size"], seed,
                                                   test)}
-        return federated(data_file, label_set, partition_scheme, epsilon, seed, prof, work, test, name=name)
+        return federated(data_file, label_set, partition_scheme, epsilon, seed, prof, work, test,
+                         extra=RECIPES.get(arm, ()), name=name or f"{arm.replace(' ', '_').replace(',', '')}-"
+                         f"{partition_scheme}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}-seed{seed}")
     except Exception as err:  # noqa: BLE001 - record it, go on with the other arms
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
@@ -247,8 +260,17 @@ def main() -> int:
     parser.add_argument("--datasets", default="", help="comma-separated subset of the profile's datasets")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
     parser.add_argument("--partitions", default="", help="comma-separated subset of the profile's partitions")
+    parser.add_argument("--arms", default="", help="only these arms (names as in the results, ';'-separated), "
+                        "added to the groups an earlier run measured (their ceiling included); a group without "
+                        "its ceiling gets it measured too")
     args = parser.parse_args()
     prof = PROFILES[args.profile]
+    only = [a for a in args.arms.split(";") if a]
+    if only:
+        unknown = sorted(set(only) - {a for a, _ in prof["arms"]})
+        if unknown:
+            parser.error(f"--arms: not arms of the {args.profile} profile: {', '.join(unknown)}")
+        prof = {**prof, "arms": [(a, e) for a, e in prof["arms"] if a in only]}
     plan = {"datasets": subset(args.datasets, prof["datasets"], "datasets", parser),
             "seeds": [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)],
             "partitions": subset(args.partitions, prof["partitions"], "partitions", parser)}
@@ -256,8 +278,13 @@ def main() -> int:
     run = {"commit": header["commit"], "started_utc": header["started_utc"]}
     epochs = prof["rounds"] * prof["local_epochs"]
     groups = {(d, s, q) for d in plan["datasets"] for s in plan["seeds"] for q in plan["partitions"]}
-    rows, old = earlier_rows(out_dir(args) / "utility.json", args.profile,
-                             lambda r: (r["dataset"], r["seed"], r["partition"]), groups)
+    if only:  # rows of the chosen arms are measured again; everything else an earlier run left is kept
+        rerun = {(*g, a, e) for g in groups for a, e in prof["arms"]}
+        rows, old = earlier_rows(out_dir(args) / "utility.json", args.profile,
+                                 lambda r: (r["dataset"], r["seed"], r["partition"], r["arm"], r["epsilon"]), rerun)
+    else:
+        rows, old = earlier_rows(out_dir(args) / "utility.json", args.profile,
+                                 lambda r: (r["dataset"], r["seed"], r["partition"]), groups)
     datasets = {k: v for k, v in old.get("setup", {}).get("datasets", {}).items() if k in {r["dataset"] for r in rows}}
     all_groups = {(d, s, q) for d in prof["datasets"] for s in prof["seeds"] for q in prof["partitions"]}
 
@@ -287,12 +314,18 @@ def main() -> int:
                 for part in plan["partitions"]:
                     base = {"dataset": dataset, "partition": part, "seed": seed, "run": run}
                     union = site_training_union(sub_labels, label_set, part, seed)
-                    log(f"utility: {dataset} seed {seed} {part}: centralised, {len(union)} examples x {epochs} epochs")
-                    row = {**base, "arm": "centralised", "epsilon": None,
-                           **measure_arm("centralised", None, sub_texts, sub_labels, union, data_file, label_set,
-                                         part, seed, prof, work, test)}
-                    log(f"utility:   -> {row.get('accuracy')} acc, {row.get('macro_f1')} macro-F1 ({row['status']})")
-                    rows.append(row)
+                    has_ceiling = any(r["arm"] == "centralised" and (r["dataset"], r["seed"], r["partition"])
+                                      == (dataset, seed, part) and r.get("status") == "ok" for r in rows)
+                    if not (only and has_ceiling):
+                        log(f"utility: {dataset} seed {seed} {part}: centralised, {len(union)} examples x "
+                            f"{epochs} epochs")
+                        rows[:] = [r for r in rows if not (r["arm"] == "centralised" and (
+                            r["dataset"], r["seed"], r["partition"]) == (dataset, seed, part))]
+                        row = {**base, "arm": "centralised", "epsilon": None,
+                               **measure_arm("centralised", None, sub_texts, sub_labels, union, data_file, label_set,
+                                             part, seed, prof, work, test)}
+                        log(f"utility:   -> {row.get('accuracy')} acc, {row.get('macro_f1')} macro-F1 ({row['status']})")
+                        rows.append(row)
                     for arm, eps in prof["arms"]:
                         log(f"utility: {dataset} seed {seed} {part}: {arm}" + (f" epsilon {eps:g}" if eps else ""))
                         row = {**base, "arm": arm, "epsilon": eps,
