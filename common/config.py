@@ -55,7 +55,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "(Gaussian noise added at the site under DP; SecAgg+ sums them), from which the server solves "
            "a least-squares head; the other rounds train as `trainable` says. 'none': a random head, "
            "every round trains.", choices=("stats", "none")),
-    Option("head-epsilon-share", float, 0.5, "head-init stats under DP, runs of more than one round: "
+    Option("head-epsilon-share", float, 0.9, "head-init stats under DP, runs of more than one round: "
            "the epsilon the statistics release would cost alone, as a share of each site's "
            "target-epsilon; the later rounds' DP-SGD gets what keeps the exact composition of both "
            "at target-epsilon. A one-round run spends it all on the release.", minimum=0.01, maximum=0.99),
@@ -162,7 +162,7 @@ class RunConfig:
     learning_rate: float = 0.0
     head_learning_rate: float = 0.0
     head_init: str = "stats"
-    head_epsilon_share: float = 0.5
+    head_epsilon_share: float = 0.9
     max_length: int = 128
     trainable: str = "lora"
     lora_r: int = 8

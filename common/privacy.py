@@ -180,22 +180,29 @@ def sgd_noise_after(release: tuple[float, float, int], epsilon: float, delta: fl
 
 def _bisect_noise(cost, epsilon: float, tolerance: float = 0.005, low: float = 0.05, high: float = 1.0) -> float:
     """The smallest noise multiplier (to `tolerance` relative in epsilon) whose cost is at most
-    epsilon: cost() falls as the noise grows. Errs on the side of more noise."""
-    if cost(low) <= epsilon:
+    epsilon: cost() falls as the noise grows. Regula falsi (Illinois) on a bracket, since each
+    PRV evaluation takes about a second; errs on the side of more noise."""
+    f_low = cost(low) - epsilon
+    if f_low <= 0:
         return low
-    while cost(high) > epsilon:
-        low, high = high, high * 1.5
+    f_high = cost(high) - epsilon
+    while f_high > 0:
+        low, f_low, high = high, f_high, high * 1.5
         if high > 1e4:
             raise FedSiloError(f"cannot calibrate noise for epsilon={epsilon}")
+        f_high = cost(high) - epsilon
+    side = 0
     for _ in range(60):
-        mid = (low + high) / 2.0
-        spent = cost(mid)
-        if spent > epsilon:
-            low = mid
+        if f_high >= -tolerance * epsilon:
+            break
+        mid = (low * f_high - high * f_low) / (f_high - f_low)
+        f_mid = cost(mid) - epsilon
+        if f_mid > 0:
+            low, f_low = mid, f_mid
+            f_high, side = (f_high / 2, -1) if side == -1 else (f_high, -1)
         else:
-            high = mid
-            if spent >= epsilon * (1.0 - tolerance):
-                break
+            high, f_high = mid, f_mid
+            f_low, side = (f_low / 2, 1) if side == 1 else (f_low, 1)
     return float(high)
 
 

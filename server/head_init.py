@@ -55,11 +55,13 @@ def label_names_prior(model, tokenizer, labels: tuple[str, ...], max_length: int
 
 def with_solved_head(global_weights: list[np.ndarray], mean_stats: list[np.ndarray],
                      reports: list[dict], prior: np.ndarray | None = None) -> tuple[list[np.ndarray], float]:
-    """The global weights with the head solved from `mean_stats` (ridge toward `prior`); also the
-    ridge penalty used."""
+    """The global weights with the head solved from `mean_stats` (ridge toward `prior` when the
+    statistics carry DP noise); also the ridge penalty used."""
     upper, cross = (np.asarray(s, dtype=np.float64) for s in mean_stats)
-    ridge = ridge_for(noise_std_of_mean(reports), cross.shape[0])
-    weight, bias = solve_head(upper, cross, ridge, prior)
+    noise = noise_std_of_mean(reports)
+    ridge = ridge_for(noise, cross.shape[0])
+    # Without noise the prior only costs (validation: bench/private_head.py); with it, it pays.
+    weight, bias = solve_head(upper, cross, ridge, prior if noise > 0 else None)
     out = [w.copy() for w in global_weights]
     out[-2], out[-1] = weight.astype(out[-2].dtype), bias.astype(out[-1].dtype)
     return out, ridge
