@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 
-ARM_ORDER = ["centralised", "federated", "federated DP"]  # the utility benchmark's arms, ceiling first
+# the utility benchmark's arms, ceiling first; then the recipe before head-init stats, then the defaults
+ARM_ORDER = ["centralised", "federated", "federated DP", "federated, head from statistics",
+             "federated DP, head from statistics"]
 
 # round_efficiency's steps: (key in each round's JSON, what it is)
 STEP_NAMES = [("mean_time_train", "training"), ("mean_time_evaluate", "evaluation"), ("mean_time_load", "model loading"),

@@ -52,7 +52,8 @@ def utility_md(d: dict, plots: list[str]) -> list[str]:
     groups = list(dict.fromkeys((r["dataset"], r["partition"]) for r in summary))
     cell = {(r["dataset"], r["partition"], r["arm"], r["epsilon"]): r for r in summary}
     arms = sorted({(r["arm"], r["epsilon"]) for r in summary}, key=lambda a: (ARM_ORDER.index(a[0]), a[1] or 0))
-    gap_arms = [a for a in arms if a == ("federated", None)] + [a for a in arms if a[0] == "federated DP"][-1:]
+    gap_arms = ([a for a in arms if a == ("federated", None)] + [a for a in arms if a[0] == "federated DP"][-1:]
+                + [a for a in arms if a[0].endswith("head from statistics")])
     lines += ["", "At a glance: mean accuracy (%) over the seeds on each dataset's held-out test set; gap = ceiling "
                   "− arm in accuracy points, the mean of the differences paired by seed:", ""]
     lines += table(["dataset", "partition", *(arm_label(*a) for a in arms), *(f"gap: {arm_label(*a)}" for a in gap_arms)],
@@ -72,14 +73,24 @@ def utility_md(d: dict, plots: list[str]) -> list[str]:
         lines += [f"**{ds}, {part}**", ""] + utility_group(d, [r for r in summary if (r["dataset"], r["partition"]) == (ds, part)]) + [""]
     lines += details("Every run (status, example passes, ε spent, seconds, commit)", table(
         ["dataset", "partition", "arm", "seed", "status", "accuracy", "macro-F1", "example passes",
-         "ε spent (max site)", "wall s", "commit"],
+         "ε spent (max site)", "rounds × epochs, batch, flags", "wall s", "commit"],
         [[r["dataset"], r["partition"], arm_label(r["arm"], r["epsilon"]), r["seed"], r["status"],
           fmt(100 * r["accuracy"]) if "accuracy" in r else "–",
           fmt(100 * r["macro_f1"]) if "macro_f1" in r else "–", fmt(r.get("example_passes")),
-          fmt(r.get("epsilon_spent_max"), 2), fmt(r.get("wall_seconds", r.get("train_seconds"))),
+          fmt(r.get("epsilon_spent_max"), 2), recipe(r, d["setup"]), fmt(r.get("wall_seconds", r.get("train_seconds"))),
           r.get("run", {}).get("commit", d["header"]["commit"])]
          for r in d["rows"]]))
     return lines + [""] + [f"![utility]({p})" for p in plots]
+
+
+def recipe(r: dict, setup: dict) -> str:
+    """What an arm ran: rounds x local epochs (or centralised epochs), batch, extra flags; rows
+    measured before rows stated it ran the setup's recipe."""
+    if r["arm"] == "centralised":
+        return f"{r.get('epochs', setup['centralised_epochs'])} epochs, {r.get('batch_size', setup['batch_size'])}"
+    flags = r.get("flags", "--head-init none (the default then)")
+    return (f"{r.get('rounds', setup['rounds'])} × {r.get('local_epochs', setup['local_epochs'])}, "
+            f"{r.get('batch_size', setup['batch_size'])}" + (f", {flags}" if flags else ""))
 
 
 def utility_group(d: dict, summary: list[dict]) -> list[str]:

@@ -26,6 +26,8 @@ BENCH = REPO / "bench"
 SUITE = {
     "utility": ("quick", "full"),
     "head_features": ("quick", "full"),
+    "private_head": ("quick", "full"),
+    "small_sites": ("quick", "full"),
     "dp_tuning": ("full",),
     "dp_data_size": ("full",),
     "scale": ("quick", "full"),

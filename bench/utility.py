@@ -356,8 +356,12 @@ def payload(profile: str, prof: dict, header: dict, rows: list[dict], datasets: 
                                  "trains on exactly the union of the sites' training splits",
                   "secure_aggregation": "on (FedSilo default) in the federated arms",
                   "redaction": "off in every arm (--no-redact), so the comparison isolates federation and DP",
-                  "dp": "DP-SGD at every site, epsilon per site over the whole run, delta = min(1e-5, 0.1/n), "
-                        "clipping 1.0, PRV accountant (FedSilo defaults)",
+                  "dp": "epsilon per site over the whole run, delta = min(1e-5, 0.1/n), PRV accountant (FedSilo "
+                        "defaults); 'federated DP': DP-SGD in every round (clipping 1.0) from a random head; 'federated "
+                        "DP, head from statistics' (the defaults): round 1 releases each site's Gaussian-noised head "
+                        "statistics (head-epsilon-share 0.9 of epsilon alone), DP-SGD in rounds 2.. with the rest, "
+                        "composed exactly",
+                  "recipes": {arm: " ".join(flags) or "(FedSilo's defaults)" for arm, flags in RECIPES.items()},
                   "datasets": datasets},
         "rows": rows,
         "summary": summary,
