@@ -244,13 +244,16 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def target_check(summary: list[dict], profile: str) -> dict:
-    row = next((s for s in summary if s["dataset"] == TARGET["dataset"] and s["partition"] == TARGET["partition"]
-                and s["epsilon"] == TARGET["epsilon"]), None)
+    candidates = [s for s in summary if s["dataset"] == TARGET["dataset"] and s["partition"] == TARGET["partition"]
+                  and s["epsilon"] == TARGET["epsilon"]]
+    # judged on FedSilo's defaults (the head-from-statistics arm) where a run has it
+    row = next((s for s in candidates if s["arm"] == STATS_DP), candidates[0] if candidates else None)
     gap = None if row is None else row["gap_to_ceiling_points"]
     # A quick run's gap, or a full run's before all its seeds have run, is shown but not judged.
     applies = profile == "full" and row is not None and set(row["gap_seeds"]) >= set(PROFILES["full"]["seeds"])
     return {"definition": "full profile, SST-2, MiniLM-L6, Dirichlet alpha=0.5: federated DP at epsilon 8 within "
                           "3 accuracy points of the centralised non-private ceiling (mean over seeds, paired by seed)",
+            "arm": None if row is None else row["arm"],
             "applies_to_this_profile": applies, "gap_points": gap, "seeds": [] if row is None else row["gap_seeds"],
             "met": None if gap is None or not applies else gap <= TARGET["max_gap_points"]}
 

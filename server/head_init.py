@@ -15,13 +15,17 @@ import math
 
 import numpy as np
 
+from common.errors import FedSiloError
 from common.head_stats import SENSITIVITY, label_prior, ridge_for, solve_head, stats_shapes
 
 
 def release_shapes(global_weights: list[np.ndarray]) -> list[tuple[int, ...]]:
     """What a round-1 reply is cut into; the head is the model's last two trainable tensors
     (classifier weight (C, d) and bias (C,): common/model.py registers it after the encoder)."""
-    classes, dim = global_weights[-2].shape
+    head = [w.shape for w in global_weights[-2:]]
+    if len(head) != 2 or len(head[0]) != 2 or head[1] != head[0][:1]:
+        raise FedSiloError(f"head-init stats: the model's last trainable tensors {head} are not a linear head")
+    classes, dim = head[0]
     return stats_shapes(dim, classes)
 
 

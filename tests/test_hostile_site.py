@@ -44,7 +44,8 @@ def strategy(tmp_path, secure=False, enrolled=ENROLLED):
     if enrolled is not None:
         (run.path / "sites.json").write_text(json.dumps(enrolled))
     generate_key(tmp_path / "audit.key")
-    options = {"labels": "a,b", "rounds": 3, "secure-aggregation": secure}
+    # round 1 carries updates here, not head statistics
+    options = {"labels": "a,b", "rounds": 3, "secure-aggregation": secure, "head-init": "none"}
     if not secure:
         options["min-sites"] = 1
     s = FedSiloStrategy(RunConfig.from_dict(options), run, [np.zeros(2, dtype=np.float32)],

@@ -44,7 +44,7 @@ def test_secure_aggregate_equals_plain_fedavg(tiny_model, tmp_path, sites, neigh
         run_dir = tmp_path / mode.strip("-")
         proc = run_cli("fl-sim", "--sites", sites, "--data", data / "all.tsv", "--model", tiny_model, "--rounds", 1,
                        "--no-dp", "--batch-size", 16, "--learning-rate", 5e-3, "--secagg-neighbours", neighbours,
-                       "--run-dir", run_dir, mode)
+                       "--head-init", "none", "--run-dir", run_dir, mode)  # round 1 trains: updates are compared
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         rounds[mode] = aggregated_delta(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -81,8 +81,9 @@ def test_connected_survivors_on_a_ring():
 def make_strategy(tmp_path, **options) -> FedSiloStrategy:
     tmp_path.mkdir(exist_ok=True)
     generate_key(tmp_path / "audit.key")
-    return FedSiloStrategy(RunConfig.from_dict({"labels": "a,b", **options}), RunDir(tmp_path / "run"),
-                           [np.zeros(2)], AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
+    cfg = RunConfig.from_dict({"labels": "a,b", "head-init": "none", **options})  # updates, not statistics
+    return FedSiloStrategy(cfg, RunDir(tmp_path / "run"), [np.zeros(2)],
+                           AuditLog(tmp_path / "audit.jsonl", tmp_path / "audit.key", "server"))
 
 
 def test_unmask_refused_when_the_survivors_split(tmp_path):

@@ -27,7 +27,7 @@ def request(op, cfg, data, tmp_path, parameters, server_round=1):
 def test_worker_loads_once_per_run_and_refuses_a_wrong_key(tiny_model, demo_dir, tmp_path, monkeypatch):
     data = site_file(demo_dir, "A", tmp_path)
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "trainable": "full",
-                               "batch-size": 32, "rounds": 2})
+                               "batch-size": 32, "rounds": 2, "head-init": "none"})
     initial = get_weights(build_model(cfg))
     proc, env = worker.start(tmp_path, flower_env())
     try:
@@ -91,7 +91,7 @@ def test_a_site_without_an_eval_split_trains_and_reports_no_evaluation(tiny_mode
 
     data = site_file(demo_dir, "A", tmp_path)
     cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "trainable": "full",
-                               "eval-fraction": 0.0})
+                               "eval-fraction": 0.0, "head-init": "none"})
     initial = get_weights(build_model(cfg))
     packed, n, _ = serve(request("fit", cfg, data, tmp_path, initial))
     assert n == 200 and len(unpack(packed, [w.shape for w in initial])) == len(initial)

@@ -247,3 +247,38 @@ def test_server_momentum_works_under_secure_aggregation(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(FedSiloError, match="server-momentum"):
         RunConfig.from_dict({"labels": "a,b", "server-momentum": 1.0})
+
+
+def test_head_statistics_round_solves_the_head_and_names_bad_releases(tmp_path):
+    # head-init stats: round 1 replies are head statistics, not updates; the server checks them as
+    # values (no norm bound: max-update-norm is for updates), leaves malformed ones out by name and
+    # puts the head solved from the valid ones' mean into the global model.
+    from common.head_stats import solve_head, stats_shapes, sufficient_stats
+
+    strategy = make_strategy(tmp_path, **{"head-init": "stats", "max-update-norm": 1.0})
+    head = [np.zeros((4, 3), np.float32), np.zeros(4, np.float32)]  # a classifier: 4 classes on 3 features
+    strategy.global_weights = [w.copy() for w in head]
+    strategy.round_record = {"round": 1}
+    rng = np.random.default_rng(0)
+    centres = 3 * np.eye(4, 3)  # 4 classes in 3 dimensions
+    sites = []
+    for _ in range(2):
+        y = rng.integers(0, 4, 60)
+        x = centres[y] + 0.3 * rng.standard_normal((60, 3)) + np.array([0.0, 0.0, 1.0])
+        sites.append((x, y, [(s / 60).astype(np.float32) for s in sufficient_stats(x, y, 4)]))
+    shapes = stats_shapes(3, 4)
+    results = [fit_result(1, sites[0][2], "A", 60), fit_result(2, sites[1][2], "B", 60),
+               fit_result(3, [np.zeros(9, np.float32), np.zeros((4, 4), np.float32)], "C", 60),
+               fit_result(4, [np.full(shapes[0], np.inf, np.float32), np.zeros(shapes[1], np.float32)], "D", 60)]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    assert params is not None and strategy.completed_rounds == [1]
+    assert sorted(strategy.round_record["fit"]) == ["A", "B"] and sorted(strategy.round_record["rejected"]) == ["C", "D"]
+    weight, bias = unpack(parameters_to_ndarrays(params), [w.shape for w in head])
+    mean = [(a + b) / 2 for a, b in zip(sites[0][2], sites[1][2])]
+    want_w, want_b = solve_head(*mean, strategy.round_record["head_from_statistics"]["ridge"])
+    np.testing.assert_allclose(weight, want_w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bias, want_b, rtol=1e-4, atol=1e-5)
+    x = np.vstack([s[0] for s in sites])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    # a useful head (least squares on 4 classes: 0.84 here; chance is 0.25)
+    assert ((unit @ weight.T + bias).argmax(1) == np.concatenate([s[1] for s in sites])).mean() > 0.75
