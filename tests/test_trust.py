@@ -90,6 +90,11 @@ def test_guarantee_counts_the_training_records_and_names_what_evaluation_sends()
     assert "(3.01, 1e-05)-differential privacy for its 80 training records" in text
     assert "20 held-out evaluation records are not covered" in text and "confusion counts" in text
     assert "holds out no evaluation records" in guarantee_sentence("A", 3.0, 1e-5, "prv", 100, 0)
+    # each mechanism the site ran, with the epsilon it would cost alone (rounded up)
+    both = guarantee_sentence("A", 8.0, 1e-5, "prv", 80, 20, {"head-statistics": 7.191, "dp-sgd": 3.42})
+    assert "head statistics (Gaussian mechanism, sensitivity sqrt(2), q=1, one release): 7.20" in both
+    assert "DP-SGD (Poisson-subsampled Gaussian, per-example clipping): 3.42" in both
+    assert "composed exactly, not added" in both
 
 
 def strategy_with_enrolment(tmp_path, enrolled):

@@ -313,6 +313,10 @@ def test_head_statistics_leave_masked_under_secagg(tiny_model, demo_dir, tmp_pat
         metrics = masked[0].content.config_records["fitres.metrics"]
         assert json.loads(metrics["mechanisms"]) == {"head-statistics": pytest.approx(8.0, rel=0.01)}
         assert metrics["sample_rate"] == 1.0 and metrics["steps"] == 1
+    # the site's ledger names the mechanism it charged
+    from common.privacy import RELEASE
+    ledger = json.loads((tmp_path / "A.ledger.json").read_text())
+    assert [(e["mechanism"], e["sample_rate"], e["steps"]) for e in ledger["entries"]] == [(RELEASE, 1.0, 1)]
     # the server solved a head from the sum: the classifier changed, the adapters did not
     rounds = tmp_path / "run" / "rounds"
     before, after = np.load(rounds / "round-0000.npz"), np.load(rounds / "round-0001.npz")
