@@ -51,7 +51,8 @@ def run_poisoned(app, data, tiny_model, run_dir, aggregation):
     # `python -m server.sim` from the copy: its packages (and its app bundle) come first.
     args = ["--sites", 4, "--data", data, "--model", tiny_model, "--rounds", 3, "--trainable", "full",
             "--learning-rate", 3e-3, "--local-epochs", 4, "--batch-size", 16, "--no-dp",
-            "--no-secure-aggregation", "--aggregation", aggregation, "--run-dir", run_dir]
+            "--no-secure-aggregation", "--aggregation", aggregation, "--run-dir", run_dir,
+            "--head-init", "none"]  # every round trains: the attack is on the training updates
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from server.sim import main; sys.exit(main())", *map(str, args)],
         cwd=app, env=dict(os.environ, PYTHONPATH=str(app)), capture_output=True, text=True, timeout=900)
