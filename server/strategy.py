@@ -88,7 +88,8 @@ class FedSiloStrategy(FedAvg):
                 log(WARNING, "%s: %s", run_dir.state_path, what)
         # FedAvgM's buffer: the last step (before server-learning-rate); saved with each round's weights
         self.momentum: list[np.ndarray] | None = None
-        if resumed and cfg.server_momentum and self.completed_rounds:
+        # (none yet when the last completed round released head statistics: it took no server step)
+        if resumed and cfg.server_momentum and self.completed_rounds and max(self.completed_rounds) != cfg.stats_round:
             self.momentum = run_dir.load_round_momentum(max(self.completed_rounds))
             if [m.shape for m in self.momentum] != self.shapes:
                 raise FedSiloError(f"cannot resume: {run_dir.path}/rounds/momentum-"
