@@ -57,7 +57,8 @@ COMMANDS = ("init", "enroll", "renew", "run", "resume")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
-             "learning-rate", "head-learning-rate", "max-length", "trainable", "lora-r", "lora-targets", "eval-fraction",
+             "learning-rate", "head-learning-rate", "head-init", "head-epsilon-share", "max-length", "trainable",
+             "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",
              "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "server-learning-rate",
              "server-momentum", "max-update-norm")
