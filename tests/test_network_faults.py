@@ -204,7 +204,7 @@ def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_
     try:
         # Plain aggregation: with SecAgg+ and two sites, one dropout would (rightly) halt the round.
         procs["server"] = subprocess.Popen(
-            [str(BIN / "fl-server"), "--federation", str(fed), "--labels", LABELS, "--rounds", "2",
+            [str(BIN / "fl-server"), "--federation", str(fed), "--labels", LABELS, "--rounds", "3",
              "--no-secure-aggregation", "--round-timeout", "150", "--run-dir", str(run_dir),
              "--model", str(tiny_model), *map(str, TRAIN)],
             stdout=handles["server"], stderr=subprocess.STDOUT, start_new_session=True)
@@ -251,14 +251,18 @@ def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_
     spent_line = next(line for line in restarted.splitlines() if "DP-SGD on: epsilon" in line)
     assert float(spent_line.split("epsilon ")[1].split()[0]) > 0, spent_line
     rounds = rounds_of(run_dir)
-    assert [r["status"] for r in rounds] == ["ok", "ok"], rounds
+    assert [r["status"] for r in rounds] == ["ok", "ok", "ok"], rounds
     assert sorted(rounds[0]["fit"]) == ["A"], rounds[0]  # B's round-1 update never arrived
-    assert sorted(rounds[1]["fit"]) == ["A", "B"], rounds[1]  # the restarted B trained round 2
-    assert "site B round 2: trained on" in restarted
+    # The restarted B trains again: round 2 if it reconnected before round 2 began (a loaded
+    # machine may take longer than round 1's end to start a site), round 3 at the latest.
+    back = [r["round"] for r in rounds[1:] if "B" in r["fit"]]
+    assert back and back[-1] == 3, rounds
+    for r in back:
+        assert f"site B round {r}: trained on" in restarted
     records = read_records(data_b)
     ledger = PrivacyLedger(ledger_b, fingerprint(records), len(records), min(1e-5, 0.1 / len(records)), "prv")
-    assert [e["round"] for e in ledger.entries] == [1, 2]  # valid, and the killed round is counted
-    assert ledger.spent() == pytest.approx(rounds[1]["fit"]["B"]["epsilon"])
+    assert [e["round"] for e in ledger.entries] == [1, *back]  # valid, and the killed round is counted
+    assert ledger.spent() == pytest.approx(rounds[2]["fit"]["B"]["epsilon"])
     assert ledger.spent() <= 20
 
 
