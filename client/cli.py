@@ -25,6 +25,7 @@ from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
 from client.site_limits import ALLOW_MODEL, CAPS
 from client.supernode_process import SessionMark, run_supernode
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV, SECRET_ENV
+from common import device as devices
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that imports torch and loads the model and data again (much less CPU per message: "
                         "for many sites on one machine). Known limit: after kill -9 of fl-client the site's "
                         "old session may not sign off, so a restart waits about a minute for it")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=devices.DEVICE_HELP)
     p.add_argument("--threads", type=positive_int, metavar="N", default=None,
                    help="CPU threads this site's training uses [default: torch's choice, one per core]; "
                         "lower it when several sites share one machine")
@@ -174,6 +176,7 @@ def main(argv=None) -> int:
         raise FedSiloError(f"--eval-fraction {args.eval_fraction}: give a share from 0 to 0.9")
     if args.max_retries < 0:
         raise FedSiloError(f"--max-retries {args.max_retries}: give 0 (no limit) or a positive number")
+    device = devices.resolve(args.device)  # before any file is written: CUDA where there is none stops here
     site, server, tls_args = connection(args)
     allowed = allowed_models(args.allow_model)
     data = Path(args.data).expanduser().resolve()
@@ -185,7 +188,8 @@ def main(argv=None) -> int:
     # Before the ledger and the audit log are written: an unknown PII type must leave no files.
     _, redactions = redact(records.texts, privacy)  # the operator's local report: counts, never values
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
-    print(f"fl-client: site {site}: {len(records)} records in {data}", flush=True)
+    print(f"fl-client: site {site}: {len(records)} records in {data}; computes on {devices.describe(device)}",
+          flush=True)
     audit_log = Path(args.audit_log).expanduser().resolve() if args.audit_log else data.with_name(data.name + ".audit.jsonl")
     # Its own key, never the node key the kit holds: a coordinator that made the site's node key
     # (--generate-site-key) must not be able to sign the site's audit trail.
@@ -211,6 +215,7 @@ def main(argv=None) -> int:
             "text-column": args.text_column, "label-column": args.label_column,
             "audit-log": str(audit_log), "audit-key": str(audit_key),
             "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
+            "device": str(device),
             ALLOW_MODEL: "\n".join(allowed), **limits,
             **privacy.to_node_config()}.items())
         with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from client.dp_random import SiteRandom
+from common import device as devices
 from common.batching import Encoded, collate, length_sorted_batches
 from common.head_stats import SENSITIVITY, sufficient_stats
 
@@ -24,11 +25,12 @@ def embeddings(model, data: Encoded, pad_id: int, batch_size: int = 64) -> np.nd
     was_training = model.training
     model.eval()
     out = np.zeros((len(data), model.classifier.in_features), dtype=np.float64)
+    device = devices.of(model)
     try:
         for idx in length_sorted_batches(data, batch_size):
-            batch = collate(data, idx, pad_id)
+            batch = collate(data, idx, pad_id, device)
             batch.pop("labels", None)
-            out[idx] = model.pooled(**batch).double().numpy()
+            out[idx] = model.pooled(**batch).double().cpu().numpy()
     finally:
         model.train(was_training)
     return out

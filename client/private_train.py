@@ -144,12 +144,13 @@ def _wrap(model, max_grad_norm: float, ghost: bool):
 def _hooks_backward(module, data: Encoded, idx: np.ndarray, pad_id: int, params) -> float | None:
     if len(idx) == 0:  # an empty Poisson batch still takes a (pure-noise) step
         for p in params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
         return None
     parts: dict[int, list[torch.Tensor]] = {id(p): [] for p in params}
     total = 0.0
+    device = params[0].device
     for chunk in _micro_batches(data, idx):
-        batch = collate(data, chunk, pad_id)
+        batch = collate(data, chunk, pad_id, device)
         labels = batch.pop("labels")
         loss = F.cross_entropy(module(**batch).logits, labels, reduction="sum")
         loss.backward()
@@ -173,7 +174,7 @@ def _ghost_backward(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: i
         return None
     criterion = DPLossFastGradientClipping(module, optimizer, torch.nn.CrossEntropyLoss(reduction="mean"),
                                            loss_reduction="mean")
-    batch = collate(data, idx, pad_id)
+    batch = collate(data, idx, pad_id, params[0].device)
     labels = batch.pop("labels")
     loss = criterion(module(**batch).logits, labels)
     loss.backward()  # two passes: per-example norms, then the clipped sum

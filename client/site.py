@@ -92,6 +92,14 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
                     clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])
 
 
+def device_spec(run_config: dict, node_config: dict) -> str:
+    """The device a site computes on: a real site's own fl-client --device (node config, never
+    the server's), a virtual site fl-sim's --device (the run option sim-device)."""
+    if "data-path" in node_config:
+        return str(node_config.get("device", "auto"))
+    return str(run_config.get("sim-device", "auto"))
+
+
 @functools.lru_cache(maxsize=2)
 def _partitioned(path: str, version, text_col: str, label_col: str, labels: tuple, parts: int, scheme: str,
                  alpha: float, seed: int) -> tuple[Records, list[np.ndarray]]:

@@ -28,9 +28,10 @@ import numpy as np
 from client.ledger import BudgetExhausted, PrivacyLedger, fingerprint
 from client import head_release
 from client.private_train import DPStepPlan, train_dp
-from client.site import site_data
+from client.site import device_spec, site_data
 from client.site_limits import FitCounter, SiteRefusal, applies, check_fit_count, check_run
 from client.train import evaluate_local, train_local
+from common import device as devices
 from common.audit import AuditLog, generate_key
 from common.batching import encode
 from common.config import RunConfig
@@ -44,14 +45,16 @@ from common.updates import pack, unpack, update_problem
 class RunModel:
     """The run's config, tokenizer and model: the same for every site of the run."""
 
-    def __init__(self, run_config: dict, site: str | None = None):
-        """site: the real site loading it, whose console alone learns why a model did not load."""
+    def __init__(self, run_config: dict, site: str | None = None, device: str = "auto"):
+        """site: the real site loading it, whose console alone learns why a model did not load;
+        device: the site's own --device (common/device.py)."""
         started = time.perf_counter()
         self.cfg = RunConfig.from_dict(dict(run_config))
         self.cfg.require_labels()
+        self.device = devices.resolve(device)
         try:
             self.tokenizer = load_tokenizer(self.cfg.model)
-            self.model = build_model(self.cfg)
+            self.model = build_model(self.cfg).to(self.device)
         except FedSiloError as err:
             if site is None:
                 raise
@@ -70,6 +73,7 @@ class SiteRound:
         self.cfg = run_model.cfg  # the run's config, parsed once with its model
         self.site = site_data(self.cfg, dict(node_config))
         self.tokenizer, self.model = run_model.tokenizer, run_model.model
+        self.model_device = run_model.device
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.run_id = str(run_id)
         self.limited = applies(node_config)  # a real site: it trains at most the run's rounds times
@@ -83,6 +87,13 @@ class SiteRound:
     def _setup_seconds(self) -> dict[str, float]:
         spent, self.pending = self.pending, {"time_load": 0.0, "time_tokenise": 0.0}
         return {k: round(v, 3) for k, v in spent.items()}
+
+    def _memory(self) -> dict:
+        """Where the round ran and its peak memory, next to its timings in the site's report."""
+        where = {"device": self.model_device.type, **devices.peak_memory(self.model_device)}
+        if not self.limited and (node := devices.ray_node()):  # a virtual site: which cluster node served it
+            where["ray_node"] = node
+        return where
 
     def audit(self, kind: str, data: dict) -> None:
         """Append to the site's own signed audit trail (kept next to its data, never sent)."""
@@ -117,6 +128,7 @@ class SiteRound:
         data = self.train_data
         desc = f"site {self.site.name} round {server_round}"
         started = time.perf_counter()
+        devices.reset_peak(self.model_device)
         if server_round == self.cfg.stats_round:  # head-init stats: release, do not train
             return self._release_head_stats(parameters, server_round, desc)
         if self.site.privacy.dp:  # noise and sampling from the site's CSPRNG, never from the run's seed
@@ -128,7 +140,8 @@ class SiteRound:
                                 desc=desc)
             # Without DP the site says so in every report it sends.
             report = {"dp": False, "train_loss": stats["train_loss"]}
-        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3)}
+        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3),
+                   **self._memory()}
         # Send the change, not the weights: secure aggregation clips what it is given,
         # and deltas are small and centred on zero.
         delta = [new - old for new, old in zip(get_weights(self.model), parameters)]
@@ -163,7 +176,8 @@ class SiteRound:
         elif self.limited:
             FitCounter(self.site.fit_counts, self.site.name).charge(self.run_id, self.cfg.rounds)
         sent = head_release.release(self.model, self.train_data, len(self.cfg.labels), self.pad_id, noise)
-        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3)}
+        seconds = {**self._setup_seconds(), "time_train": round(time.perf_counter() - started, 3),
+                   **self._memory()}
         print(f"{desc}: released head statistics of {len(self.train_data)} records in {seconds['time_train']:.1f} s"
               + (f", epsilon spent {report['epsilon']:.3f}" if report["dp"] else ", NO differential privacy"),
               flush=True)
@@ -249,14 +263,16 @@ def serve(request: dict):
     "parameters", "config"} with the result NumPyClient's fit/evaluate return."""
     global _run, _current
     check_run(request["run_config"], request["node_config"])  # the site's caps, before anything is loaded
-    run_key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str))
+    device = device_spec(request["run_config"], request["node_config"])
+    run_key = (str(request["run_id"]), json.dumps(request["run_config"], sort_keys=True, default=str), device)
     key = (*run_key, json.dumps(request["node_config"], sort_keys=True, default=str))
     if _current is None or _current[0] != key:
         _current = None
         if _run is None or _run[0] != run_key:
             _run = None  # free the previous run's model before building the next
             node = request["node_config"]
-            _run = (run_key, RunModel(request["run_config"], str(node.get("site", "site")) if applies(node) else None))
+            _run = (run_key, RunModel(request["run_config"], str(node.get("site", "site")) if applies(node) else None,
+                                      device))
         _current = (key, SiteRound(request["run_id"], request["node_config"], _run[1]))
     site = _current[1]
     if request["op"] == "fit":

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import device as devices
 from common.batching import Encoded, collate, length_sorted_batches, shuffled_batches
 from common.config import RunConfig
 from common.model import optimizer_groups
@@ -19,13 +20,14 @@ def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
     groups = optimizer_groups(model, cfg.lr_for(dp=False), cfg.head_lr_for(dp=False))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr_for(dp=False), weight_decay=0.0)
     rng = np.random.default_rng(seed)
+    device = devices.of(model)
     losses: list[float] = []
     for epoch in range(cfg.local_epochs):
         batches = shuffled_batches(len(data), cfg.batch_size, rng)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.local_epochs}", unit="batch",
                    leave=False, mininterval=1.0, disable=None)  # None: only on a terminal
         for idx in bar:
-            batch = collate(data, idx, pad_id)
+            batch = collate(data, idx, pad_id, device)
             labels = batch.pop("labels")
             logits = model(**batch).logits
             loss = F.cross_entropy(logits, labels)
@@ -42,10 +44,11 @@ def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
 def predict_logits(model, data: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
     model.eval()
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    device = devices.of(model)
     for idx in length_sorted_batches(data, batch_size):
-        batch = collate(data, idx, pad_id)
+        batch = collate(data, idx, pad_id, device)
         batch.pop("labels", None)
-        out[idx] = model(**batch).logits.float().numpy()
+        out[idx] = model(**batch).logits.float().cpu().numpy()
     return out
 
 

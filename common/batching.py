@@ -28,9 +28,9 @@ def encode(tokenizer, texts: list[str], max_length: int, labels: np.ndarray | No
     return Encoded(list(out["input_ids"]), labels)
 
 
-def collate(enc: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch padded to its longest member; position ids and token types are explicit
-    (B, T) tensors, which per-example gradient hooks need."""
+def collate(enc: Encoded, idx, pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """One batch padded to its longest member, on `device`; position ids and token types are
+    explicit (B, T) tensors, which per-example gradient hooks need."""
     seqs = [enc.ids[i] for i in idx]
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -46,7 +46,9 @@ def collate(enc: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
     }
     if enc.labels is not None:
         batch["labels"] = torch.as_tensor(enc.labels[list(idx)], dtype=torch.long)
-    return batch
+    if torch.device(device).type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

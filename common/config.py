@@ -106,6 +106,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("audit-key", str, "", "Key that signs the coordinator's audit log; empty = a key made "
            "in the run directory (fl-server --federation uses the federation's server key)."),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
+    Option("sim-device", str, "auto", "Simulation only: where every virtual site computes (auto, cpu "
+           "or cuda: the GPU share Ray gives it with fl-sim --gpus-per-site)."),
     Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
            choices=("iid", "dirichlet")),
     Option("dirichlet-alpha", float, 0.5, "Simulation only: Dirichlet concentration (smaller = "
@@ -182,6 +184,7 @@ class RunConfig:
     server_momentum: float = 0.0
     max_update_norm: float = 0.0
     sim_data: str = ""
+    sim_device: str = "auto"
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     sim_dp: bool = True

@@ -37,6 +37,7 @@ from common.model import (
     set_weights,
 )
 from common.privacy import guarantee_sentence
+from server.hardware import hardware_summary, report_lines as hardware_lines
 from server.head_init import label_names_prior
 from server.model_card import write_model_card
 from server.run_dir import RunDir
@@ -175,6 +176,8 @@ def run(grid: Grid, context: Context) -> None:
     }
     summary["privacy"] = privacy_summary(strategy.site_privacy)
     run_dir.append_report_section("Privacy (what each site reported of itself)", list(summary["privacy"].values()))
+    summary["hardware"] = hardware_summary(run_dir.path / "metrics.jsonl")
+    run_dir.append_report_section("Hardware (what each site reported of itself)", hardware_lines(summary["hardware"]))
     if strategy.completed_rounds:
         set_weights(model, strategy.global_weights)
         save_classifier_atomic(model, load_tokenizer(cfg.model), run_dir.final_model)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cliparse import Parser
+from common.device import DEVICE_HELP
 from common.errors import FedSiloError, cli_entry
 
 DESCRIPTION = """Classify texts with the final global model of a FedSilo run directory.
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--file", metavar="FILE", help="a file with one text per line ('-' = stdin)")
     p.add_argument("--max-length", type=int, default=None,
                    help="truncate texts to this many tokens [default: the run's max-length]")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP.replace("the site", "it"))
     return p
 
 
@@ -48,11 +50,15 @@ def predict(tokenizer, model, texts: list[str], max_length: int) -> list[dict]:
 
     from common.batching import Encoded, collate, encode, length_sorted_batches
 
+    from common.device import of
+
     enc: Encoded = encode(tokenizer, texts, max_length)
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    device = of(model)
     with torch.no_grad():
         for idx in length_sorted_batches(enc, 64):
-            probs[idx] = torch.softmax(model(**collate(enc, idx, tokenizer.pad_token_id or 0)).logits, -1).numpy()
+            batch = collate(enc, idx, tokenizer.pad_token_id or 0, device)
+            probs[idx] = torch.softmax(model(**batch).logits, -1).float().cpu().numpy()
     labels = model.config.id2label
     return [{"text": t, "label": labels[int(p.argmax())], "probability": round(float(p.max()), 4)}
             for t, p in zip(texts, probs)]
@@ -61,6 +67,9 @@ def predict(tokenizer, model, texts: list[str], max_length: int) -> list[dict]:
 @cli_entry("fl-predict")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from common.device import resolve
+
+    device = resolve(args.device)  # CUDA where there is none: one line, before anything is loaded
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FedSiloError(f"{run_dir}: not a run directory")
@@ -79,6 +88,7 @@ def main(argv=None) -> int:
         config = run_dir / "config.json"
         max_length = json.loads(config.read_text())["max_length"] if config.is_file() else 128
     tokenizer, model = load_final_model(run_dir)
+    model.to(device)
     for row in predict(tokenizer, model, texts, max_length):
         print(json.dumps(row, ensure_ascii=False))
     return 0

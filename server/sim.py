@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from common.launch import (coordinator_env, flower_env, flower_script, free_port
 from common.model import check_model
 from common.privacy import add_privacy_options, privacy_from_args
 from server.run_dir import RunDir, write_run_options
+from server.sim_resources import plan
 from server.submit import absolute_local_paths, finish, submit_and_stream
 
 DESCRIPTION = """Simulate a federation on this machine: DATA is split over N virtual sites
@@ -31,8 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE",
                    help="labelled data file (.csv, .tsv or .jsonl) to partition over the sites")
     p.add_argument("--cpus-per-site", type=int, default=1, metavar="N",
-                   help="CPU cores Ray reserves per virtual site; sites run concurrently when "
-                        "the machine has room [default: 1]")
+                   help="CPU cores Ray reserves per virtual site (whole cores: Flower's simulation config "
+                        "holds integers); sites run concurrently when the machine or cluster has room "
+                        "[default: 1]")
+    p.add_argument("--gpus-per-site", type=float, default=None, metavar="F",
+                   help="GPUs Ray reserves per virtual site, fractions allowed (0.25: four sites share one "
+                        "GPU) [default: 0 on a machine without CUDA; else this machine's GPUs shared by "
+                        "the sites that run at once; 0 with --ray-address]")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="where every virtual site computes: 'auto' (CUDA when its Ray worker sees a GPU), "
+                        "'cpu' or 'cuda' [default: auto]")
+    p.add_argument("--ray-address", metavar="HOST:PORT", default=None,
+                   help="join the running Ray cluster whose head is HOST:PORT (as `ray start --head` "
+                        "printed it) instead of starting a Ray of its own; every node needs FedSilo "
+                        "installed, and the data file at the same path")
     p.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
     add_run_options(p, keys=[o.key for o in RUN_OPTIONS if not o.key.startswith("sim-")])
     add_privacy_options(p)
@@ -44,6 +56,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.sites < 1:
         raise FedSiloError("--sites must be at least 1")
+    resources = plan(args.device, args.cpus_per_site, args.gpus_per_site, args.ray_address, args.sites)
     data = Path(args.data).expanduser().resolve()
     text_col = args.text_column or "text"
     label_col = args.label_column or "label"
@@ -51,7 +64,7 @@ def main(argv=None) -> int:
     labels = args.labels or ",".join(label_set_of(records))
     run_dir = Path(args.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     absolute_local_paths(args)
-    overrides = {"sim-data": str(data), "labels": labels, "run-dir": str(run_dir),
+    overrides = {"sim-data": str(data), "sim-device": resources.device, "labels": labels, "run-dir": str(run_dir),
                  **{f"sim-{k}": v for k, v in privacy_from_args(args).to_node_config().items()}}
     if args.min_sites is None:
         overrides["min-sites"] = args.sites  # every virtual site is always there
@@ -74,6 +87,7 @@ def main(argv=None) -> int:
               flush=True)
     print(f"fl-sim: {len(records)} records, {len(cfg.labels)} labels, {args.sites} virtual sites "
           f"({cfg.partition}), {cfg.rounds} rounds -> {rd.path}", flush=True)
+    print(f"fl-sim: on {resources.describe()}", flush=True)
 
     port = free_port()
     log_path = rd.path / "logs" / "superlink.log"
@@ -85,13 +99,12 @@ def main(argv=None) -> int:
                            "--host", "127.0.0.1", "--port", str(port),
                            "--database", str(rd.path / "superlink.db"),
                            "--disable-runtime-dependency-installation"],
-                          coordinator_env(flower_env(home)), log_path, cwd=home)
+                          coordinator_env(flower_env(home)) | resources.env(), log_path, cwd=home)
         try:
             wait_for_port("127.0.0.1", port, superlink, 60, "the simulation SuperLink", log_path)
-            federation = (f"num-supernodes={args.sites} client-resources-num-cpus={args.cpus_per_site} "
-                          f"init-args-num-cpus={max(1, os.cpu_count() or 1)}")
             summary = submit_and_stream(cfg, rd.path, home, f"127.0.0.1:{port}", insecure=True,
-                                        federation_config=federation, verbose=args.verbose)
+                                        federation_config=resources.federation_config(args.sites),
+                                        verbose=args.verbose)
         finally:
             stop(superlink)
     return finish(summary, rd.path)

@@ -26,7 +26,8 @@ from common.redaction import ENTITY_TYPES
 
 FIT_FIELDS = frozenset({"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget",
                         "accountant", "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
-                        "time_load", "time_tokenise", "time_train"})
+                        "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib",
+                        "ray_node"})
 EVAL_FIELDS = frozenset({"site", "confusion", "time_load", "time_tokenise", "time_evaluate"})
 # What the coordinator keeps of each site's last fit report (state.json, the summary, the card).
 PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions",
@@ -38,8 +39,11 @@ MAX_REDACTIONS = 10**12  # placeholders of one type
 MAX_STEPS = 10**9
 MAX_EPSILON = 1e6
 MAX_SECONDS = 1e7
+MAX_MIB = 1e9  # a site's peak memory, CPU or GPU
+DEVICE_KINDS = ("cpu", "cuda")  # the kind only: which GPU a site has is its own business
 MAX_TEXT = 300  # a site's failure reason, as shown in the round line and metrics.jsonl
 MAX_REDACTIONS_CHARS = 1024
+_RAY_NODE = re.compile(r"[0-9a-f]{8,64}")  # the Ray node that served a virtual site (simulation)
 _NAME_CHARS = 64  # as fl-server enrols site names (server/federation.py)
 
 
@@ -200,6 +204,10 @@ _CHECKS = {
     "steps": lambda v, f: _int(v, f, 0, MAX_STEPS),
     "mechanisms": lambda v, f: mechanism_shares(v),
     "train_loss": lambda v, f: _number(v, f, -1e9, 1e9, nan_ok=True),  # NaN: no batch was trained
+    "device": lambda v, f: v if v in DEVICE_KINDS else _bad(f, f"not one of {', '.join(DEVICE_KINDS)}"),
+    "peak_rss_mib": lambda v, f: _number(v, f, 0.0, MAX_MIB),
+    "gpu_peak_mib": lambda v, f: _number(v, f, 0.0, MAX_MIB),
+    "ray_node": lambda v, f: v if isinstance(v, str) and _RAY_NODE.fullmatch(v) else _bad(f, "not a Ray node id"),
     "site": lambda v, f: v if valid_site_name(v) else _bad(f, "not 1-64 letters, digits, '-' or '_'"),
 }
 

@@ -38,13 +38,20 @@ def test_server_and_two_sites_run_two_rounds(tiny_model, demo_dir, tmp_path):
     code, out, run_dir = run_federation(
         tmp_path, ["--labels", LABELS, "--model", tiny_model, "--rounds", 2, "--trainable", "full",
                    "--learning-rate", 3e-3, "--local-epochs", 4, "--batch-size", 16],
-        {name: ["--data", site_file(demo_dir, name, tmp_path), "--no-dp", "--allow-model", tiny_model]
+        {name: ["--data", site_file(demo_dir, name, tmp_path), "--no-dp", "--allow-model", tiny_model,
+                *(["--device", "cpu"] if name == "A" else [])]  # B: the default, auto
          for name in ("A", "B")})
     assert code == 0, out[-4000:]
     assert "round 2/2 | accuracy" in out and "sites A=" in out and "== site B ==" in out
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2] and sorted(rounds[-1]["fit"]) == ["A", "B"]
     assert rounds[-1]["accuracy"] > 0.6, rounds
+    # Each site says where it computed and its peak memory, next to its timings (auto: CPU here).
+    for site in ("A", "B"):
+        assert rounds[-1]["fit"][site]["device"] == "cpu" and rounds[-1]["fit"][site]["peak_rss_mib"] > 100
+        assert "ray_node" not in rounds[-1]["fit"][site]  # a real site runs no Ray
+    hardware = json.loads((run_dir / "summary.json").read_text())["hardware"]
+    assert hardware["ray_nodes"] == {} and hardware["sites"]["A"]["device"] == "cpu"
     assert (run_dir / "report.txt").read_text().startswith("Classification report after round 2")
     assert (run_dir / "superlink.db").is_file()  # SuperLink state persisted in the run dir
     model = load_classifier(run_dir / "final-model")

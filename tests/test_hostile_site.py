@@ -133,6 +133,10 @@ FIT_CASES = [  # (field named in the round line, B's changed metrics)
     ("time_train", {"time_train": -1.0}),
     ("time_train", {"time_train": float("inf")}),
     ("train_loss", {"train_loss": float("-inf")}),
+    ("device", {"device": "cuda:0 (NVIDIA H100)\x1b[2J"}),  # the kind only, never free text
+    ("gpu_peak_mib", {"gpu_peak_mib": -1.0}),
+    ("peak_rss_mib", {"peak_rss_mib": float("nan")}),
+    ("ray_node", {"ray_node": "../../etc/passwd"}),
     ("injected", {"injected": 1}),
     ("num_examples", {"examples": -5}),
     ("num_examples", {"examples": 10**20}),

@@ -49,7 +49,7 @@ SITES = {2**40 + 7919 * i: name for i, name in enumerate("ABC")}  # node id -> s
 # Every metric a site may send, as the README's "What leaves a site" table lists them.
 FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget", "accountant",
               "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
-              "time_load", "time_tokenise", "time_train"}
+              "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib", "ray_node"}
 EVAL_FIELDS = {"site", "confusion", "time_load", "time_tokenise", "time_evaluate"}
 MAX_CORRELATION = 0.1  # |r| over 2,180 values: a masked vector gives ~0.02, the update itself 1.0
 
