@@ -32,7 +32,9 @@ CONFIGS = [  # (name, trainable, dp, ghost)
 ]
 
 
-def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: int) -> dict:
+def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: int, device: str = "cpu",
+        model_name: str = "") -> dict:
+    """One configuration's timed steps (model_name: a path or name; "" = the embedded MiniLM)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -40,11 +42,13 @@ def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: i
     from client.private_train import DPStepPlan, backward_private, make_private
     from common.batching import Encoded, collate
     from common.config import RunConfig
+    from common import device as devices
     from common.model import build_model, load_tokenizer
 
     torch.manual_seed(0)
-    cfg = RunConfig.from_dict({"labels": "a,b", "trainable": trainable})
-    model, tok = build_model(cfg), load_tokenizer("")
+    where = devices.resolve(device)
+    cfg = RunConfig.from_dict({"labels": "a,b", "trainable": trainable, "model": model_name})
+    model, tok = build_model(cfg).to(where), load_tokenizer(model_name)
     rng = np.random.default_rng(0)
     ids = [[tok.cls_token_id, *rng.integers(1000, 20000, length - 2).tolist(), tok.sep_token_id] for _ in range(batch)]
     data = Encoded(ids, rng.integers(0, 2, batch))
@@ -60,7 +64,7 @@ def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: i
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
         def step():
-            b = collate(data, idx, tok.pad_token_id)
+            b = collate(data, idx, tok.pad_token_id, where)
             labels = b.pop("labels")
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(**b).logits, labels).backward()
@@ -68,12 +72,19 @@ def one(trainable: str, dp: bool, ghost: bool, length: int, batch: int, steps: i
     step()  # warm-up
     times = []
     for _ in range(steps):
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)  # time the GPU's work, not its queueing
         t0 = time.perf_counter()
         step()
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"samples_per_s": round(batch / med, 2), "step_s": round(med, 3),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    row = {"device": str(where), "samples_per_s": round(batch / med, 2), "step_s": round(med, 3),
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if where.type == "cuda":
+        row["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(where) / 2**30, 3)
+    return row
 
 
 def main() -> int:
@@ -82,25 +93,27 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration [profile's]")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lengths", default=None, help="comma-separated token counts [profile's]")
-    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.steps = args.steps or PROFILES[args.profile]["steps"]
     args.lengths = args.lengths or PROFILES[args.profile]["lengths"]
     if args.child:
-        trainable, dp, ghost, length, batch, steps = args.child
-        print(json.dumps(one(trainable, dp == "1", ghost == "1", int(length), int(batch), int(steps))))
+        trainable, dp, ghost, length, batch, steps, device, *model = args.child
+        print(json.dumps(one(trainable, dp == "1", ghost == "1", int(length), int(batch), int(steps), device,
+                             *model)))
         return 0
     header = bench_header("dp_speed", args.profile, [0])  # seed 0: torch and the random token ids
     rows = []
     for length in map(int, args.lengths.split(",")):
         for name, trainable, dp, ghost in CONFIGS:
             out = subprocess.run([sys.executable, __file__, "--child", trainable, str(int(dp)), str(int(ghost)),
-                                  str(length), str(args.batch), str(args.steps)],
+                                  str(length), str(args.batch), str(args.steps), args.device],
                                  capture_output=True, text=True, check=True)
             row = {"config": name, "tokens": length, "batch": args.batch, **json.loads(out.stdout.splitlines()[-1])}
             log(json.dumps(row))
             rows.append(row)
-    result = {"header": header, "model": "all-MiniLM-L6-v2 (embedded)", "steps": args.steps, "rows": rows}
+    result = {"header": header, "model": "all-MiniLM-L6-v2 (embedded)", "steps": args.steps, "device": args.device,
+              "rows": rows}
     by = {(r["config"], r["tokens"]): r["samples_per_s"] for r in rows}
     result["ratios"] = {
         f"T={t}": {"dp_lora_vs_lora": round(by[("DP LoRA (hooks)", t)] / by[("non-private LoRA", t)], 3),

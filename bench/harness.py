@@ -78,6 +78,7 @@ def bench_header(name: str, profile: str, seeds: list[int]) -> dict:
         "profile": profile,
         "seeds": list(seeds),
         "machine": machine(),
+        "device": DEVICE,  # --device as given (auto: CUDA where torch sees it)
         "commit": commit(),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # Timings depend on what else the machine runs: the 1/5/15-minute load averages at the start.
@@ -116,11 +117,31 @@ def write_result(out_dir: Path, name: str, payload: dict) -> Path:
     return path
 
 
+DEVICE = "auto"  # the run's --device; each script sets it from its arguments (use_device)
+
+
+def use_device(args: argparse.Namespace) -> argparse.Namespace:
+    """Take the script's --device for every fl-sim and fl-client it starts (device_flags)."""
+    global DEVICE
+    DEVICE = args.device
+    return args
+
+
+def device_flags() -> list[str]:
+    return ["--device", DEVICE]
+
+
+def device_spec() -> str:
+    return DEVICE
+
+
 def bench_args(description: str) -> argparse.ArgumentParser:
     """The two options every benchmark takes; a script may add its own before parse_args()."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--profile", choices=PROFILES, default="quick")
     p.add_argument("--out", type=Path, default=None, help="result folder (default bench/results/PROFILE)")
+    p.add_argument("--device", default="auto", help="where the model computes: auto, cpu, cuda or cuda:N (passed to "
+                   "fl-sim and fl-client as --device; 'auto' takes CUDA when torch sees it) [default: auto]")
     return p
 
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import bench_args, bench_header, log, out_dir, write_result
+from harness import bench_args, bench_header, device_flags, log, out_dir, use_device, write_result
 
 from common.launch import die_with_parent, free_port, stop  # FedSilo's own (harness put the repository on sys.path)
 
@@ -84,7 +84,7 @@ def federation(work: Path, files: list[Path], rounds: int, seed: int, flags: lis
         for path in files:
             clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
                                   "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
-                                  *flags], path.stem))
+                                  *flags, *device_flags()], path.stem))
         code = server.wait(timeout=3 * 3600)
     finally:
         for proc in (server, *clients):
@@ -118,7 +118,7 @@ def speedup(slower: dict, faster: dict) -> float:
 
 
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    args = use_device(bench_args(__doc__.splitlines()[0]).parse_args())
     profile, seed = PROFILES[args.profile], 0
     header = bench_header("round_efficiency", args.profile, [seed])
     results = {}

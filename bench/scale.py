@@ -23,7 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import bench_args, bench_header, earlier_rows, log, out_dir, run_measured, subset, tail, write_result
+from harness import (bench_args, bench_header, device_flags, earlier_rows, log, out_dir, run_measured, subset, tail,
+                     use_device, write_result)
 
 BIN = Path(sys.executable).parent
 # quick: the harness on two small federations (100 sites alone take minutes on 2 cores).
@@ -57,7 +58,7 @@ def one_size(sites: int, config: str, flags: list[str], model: Path, tmp: Path, 
     name = f"{sites}-{config.replace(' ', '-').replace('+', '')}"
     run_dir = tmp / f"run-{name}"
     cmd = [str(BIN / "fl-sim"), "--sites", str(sites), "--data", str(data), "--model", str(model),
-           "--rounds", "1", "--batch-size", "16", "--seed", str(SEED), "--run-dir", str(run_dir), *flags]
+           "--rounds", "1", "--batch-size", "16", "--seed", str(SEED), "--run-dir", str(run_dir), *flags, *device_flags()]
     measured = run_measured(cmd, timeout, tmp / f"fl-sim-{name}.log")
     row = {"sites": sites, "config": config, "records": sites * RECORDS_PER_SITE, **measured}
     metrics = run_dir / "metrics.jsonl"
@@ -97,7 +98,7 @@ def main() -> int:
     parser = bench_args(__doc__.splitlines()[0])
     parser.add_argument("--sites", default="", help="comma-separated subset of the profile's federation sizes")
     parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations")
-    args = parser.parse_args()
+    args = use_device(parser.parse_args())
     sizes = [int(n) for n in subset(args.sites, SITES[args.profile], "sites", parser)]
     names = subset(args.configs, [c for c, _ in CONFIGS[args.profile]], "configs", parser)
     configs = [(c, f) for c, f in CONFIGS[args.profile] if c in names]

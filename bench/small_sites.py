@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import bench_args, bench_header, log, out_dir, write_result
+from harness import bench_args, bench_header, device_flags, log, out_dir, use_device, write_result
 from utility import BIN, DATA, FL_SIM_TIMEOUT, read_tsv, scores, write_tsv
 
 LABELS = ("negative", "neutral", "positive")
@@ -42,7 +42,7 @@ def run_arm(arm: str, data: Path, seed: int, work: Path, test) -> dict:
     run_dir = work / f"run-{seed}-{len(FLAGS[arm])}"
     cmd = [str(BIN / "fl-sim"), "--sites", str(SITES), "--data", str(data), "--labels", ",".join(LABELS),
            "--seed", str(seed), "--target-epsilon", "8", "--privacy-budget", "8", "--run-dir", str(run_dir),
-           *FLAGS[arm]]
+           *FLAGS[arm], *device_flags()]
     log_path = work / f"{run_dir.name}.log"
     measured = run_measured(cmd, FL_SIM_TIMEOUT, log_path, every=2.0)
     if measured["returncode"] != 0:
@@ -53,7 +53,7 @@ def run_arm(arm: str, data: Path, seed: int, work: Path, test) -> dict:
 
 
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    args = use_device(bench_args(__doc__.splitlines()[0]).parse_args())
     prof = PROFILES[args.profile]
     header = bench_header("small_sites", args.profile, prof["seeds"])
     texts, labels = read_tsv(DATA / "financial_phrasebank" / "train.tsv")

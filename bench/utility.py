@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import bench_args, bench_header, earlier_rows, log, out_dir, run_measured, subset, tail, write_result
+from harness import (bench_args, bench_header, device_flags, device_spec, earlier_rows, log, out_dir, run_measured,
+                     subset, tail, use_device, write_result)
 
 BIN = Path(sys.executable).parent
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # /work/shared/data
@@ -141,12 +142,13 @@ def centralised(texts: list[str], labels: list[str], label_set: tuple[str, ...],
     from client.train import train_local
     from common.batching import encode
     from common.config import RunConfig
+    from common.device import resolve
     from common.model import build_model, load_tokenizer
 
     torch.manual_seed(seed)
     cfg = RunConfig.from_dict({"labels": ",".join(label_set), "local-epochs": epochs, "batch-size": batch_size,
                                "max-length": MAX_LENGTH, "seed": seed, "head-init": "none"})
-    tokenizer, model = load_tokenizer(cfg.model), build_model(cfg)
+    tokenizer, model = load_tokenizer(cfg.model), build_model(cfg).to(resolve(device_spec()))
     index = {name: i for i, name in enumerate(label_set)}
     data = encode(tokenizer, texts, MAX_LENGTH, np.array([index[x] for x in labels]))
     started = time.monotonic()
@@ -171,7 +173,7 @@ def federated(data_file: Path, label_set: tuple[str, ...], partition_scheme: str
            "--rounds", str(prof["rounds"]), "--local-epochs", str(prof["local_epochs"]),
            "--batch-size", str(prof["batch_size"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed),
            "--partition", partition_scheme, "--dirichlet-alpha", str(ALPHA), "--eval-fraction", str(EVAL_FRACTION),
-           "--no-redact", "--run-dir", str(run_dir)]
+           "--no-redact", "--run-dir", str(run_dir), *device_flags()]
     cmd += ["--no-dp"] if epsilon is None else ["--target-epsilon", str(epsilon), "--privacy-budget", str(epsilon)]
     cmd += list(extra)
     recipe = {"rounds": prof["rounds"], "local_epochs": prof["local_epochs"], "batch_size": prof["batch_size"],
@@ -266,7 +268,7 @@ def main() -> int:
     parser.add_argument("--arms", default="", help="only these arms (names as in the results, ';'-separated), "
                         "added to the groups an earlier run measured (their ceiling included); a group without "
                         "its ceiling gets it measured too")
-    args = parser.parse_args()
+    args = use_device(parser.parse_args())
     prof = PROFILES[args.profile]
     only = [a for a in args.arms.split(";") if a]
     if only:

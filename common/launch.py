@@ -45,10 +45,15 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
 
 
 def flower_script(name: str) -> str:
+    """Flower's console script `name`: the one installed with this Python, else the first on PATH
+    (flwr installed with pip --target, as bench/gpu_check.py does on a machine without an index)."""
     path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise FedSiloError(f"{name} not found next to {sys.executable}; is flwr installed?")
-    return str(path)
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise FedSiloError(f"{name} not found next to {sys.executable} or on PATH; is flwr installed?")
+    return found
 
 
 def split_address(address: str) -> tuple[str, int]:
