@@ -25,7 +25,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
+from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, use_device, write_result
 from utility import (ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, measure_arm, read_tsv, site_training_union,
                      stratified_subsample, write_tsv)
 
@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="", help="comma-separated subset of the profile's subsample sizes")
     parser.add_argument("--partitions", default="", help="comma-separated subset of the profile's partitions")
     parser.add_argument("--arms", default="", help=f"comma-separated subset of {', '.join(ARMS)}")
-    args = parser.parse_args()
+    args = use_device(parser.parse_args())
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
     sizes = [int(s) for s in subset(args.sizes, [str(n) for n in prof["sizes"]], "sizes", parser)]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, write_result
+from harness import bench_args, bench_header, earlier_rows, log, out_dir, subset, use_device, write_result
 from common.config import OPTIONS_BY_KEY  # noqa: E402 - harness puts the repository on sys.path
 from utility import ALPHA, DATA, DATASETS, MAX_LENGTH, SITES, federated, read_tsv, stratified_subsample, write_tsv
 
@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--configs", default="", help="comma-separated subset of the profile's configurations, "
                                                        "each BATCH:LR:HEAD_LR[:rRANK:TARGET+TARGET]"
                                                        "[:sSERVER_LR:mSERVER_MOMENTUM]")
-    args = parser.parse_args()
+    args = use_device(parser.parse_args())
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
     by_name = {config_name(*full_config(c)): full_config(c) for c in prof["configs"]}

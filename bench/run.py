@@ -84,7 +84,8 @@ def main() -> int:
         started = time.monotonic()
         with open(target / "logs" / f"{name}.log", "w") as log_file:
             # Progress lines go to the console and to the log; the child's stderr is merged in.
-            proc = subprocess.Popen([sys.executable, str(script), "--profile", args.profile, "--out", str(target)],
+            proc = subprocess.Popen([sys.executable, str(script), "--profile", args.profile, "--out", str(target),
+                                     "--device", args.device],
                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 log_file.write(line)

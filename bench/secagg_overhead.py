@@ -26,7 +26,7 @@ import numpy as np
 
 from flwr.common import ndarray_to_bytes
 
-from harness import bench_args, bench_header, log, out_dir, write_result
+from harness import bench_args, bench_header, device_flags, log, out_dir, use_device, write_result
 
 BIN = Path(sys.executable).parent
 PROFILES = {"quick": "3", "full": "3,10"}
@@ -52,7 +52,7 @@ def main() -> int:
     p = bench_args(__doc__.splitlines()[0])
     p.set_defaults(profile="full")
     p.add_argument("--sites", default=None, help="comma-separated federation sizes [profile's]")
-    args = p.parse_args()
+    args = use_device(p.parse_args())
     args.sites = args.sites or PROFILES[args.profile]
     header = bench_header("secagg_overhead", args.profile, [SEED])
     from common.demo_data import write_demo
@@ -69,7 +69,7 @@ def main() -> int:
                 run_dir = tmp / f"run-{sites}-{secure}"
                 cmd = [str(BIN / "fl-sim"), "--sites", str(sites), "--data", str(data / "all.tsv"), "--model",
                        str(model), "--rounds", "1", "--seed", str(SEED), "--no-dp", "--batch-size", "16",
-                       "--run-dir", str(run_dir), "--secure-aggregation" if secure else "--no-secure-aggregation"]
+                       "--run-dir", str(run_dir), "--secure-aggregation" if secure else "--no-secure-aggregation", *device_flags()]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import bench_args, bench_header, log, out_dir, tail, write_result
+from harness import bench_args, bench_header, device_flags, log, out_dir, tail, use_device, write_result
 
 from common.launch import stop  # noqa: E402 (harness put the repository on sys.path)
 
@@ -135,7 +135,7 @@ def one_run(model: str, trainable: str, secure: bool, data: list[Path], work: Pa
                                   "--server", f"127.0.0.1:{relays[-1].port}", "--data", str(path),
                                   "--ledger", str(work / f"{name}-site-{i + 1}.ledger.json"), "--no-dp",
                                   *(["--allow-model", model] if model else []),
-                                  *([] if secure else ["--allow-unmasked-updates"])],
+                                  *([] if secure else ["--allow-unmasked-updates"]), *device_flags()],
                                  work / f"client-{name}-{i + 1}.log"))
         # Round ends: the moment the coordinator appends each round's line to metrics.jsonl.
         metrics, ends = run_dir / "metrics.jsonl", []
@@ -162,7 +162,7 @@ def one_run(model: str, trainable: str, secure: bool, data: list[Path], work: Pa
 
 
 def main() -> int:
-    args = bench_args(__doc__.splitlines()[0]).parse_args()
+    args = use_device(bench_args(__doc__.splitlines()[0]).parse_args())
     header = bench_header("traffic", args.profile, [SEED])
     rows, failed = [], False
     with tempfile.TemporaryDirectory(prefix="bench-traffic-") as work:
