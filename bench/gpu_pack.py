@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 LIMIT_MIB = 60
 # Imported by FedSilo or by Flower's SuperLink / SuperNode at start-up (found by importing their
 # entry points here), and absent from, or older on, the GPU image (its package list:
-# /work/.library/device/KINDS.md). grpcio and protobuf travel too: grpcio-health-checking pins them.
+# /work/.library/device/KINDS.md). grpcio and protobuf travel too: grpcio-health-checking pins them;
+# cffi: cryptography's binding (found missing by a dry run in a venv holding only the image's packages).
 PACKAGES = ("flwr", "opacus", "randomgen", "peft", "transformers", "cryptography", "pycryptodome",
-            "grpcio", "grpcio-health-checking", "protobuf", "iterators", "tomli", "tomli-w", "typer",
+            "cffi", "pycparser", "grpcio", "grpcio-health-checking", "protobuf", "iterators", "tomli", "tomli-w", "typer",
             "prompt-toolkit", "wcwidth", "sqlalchemy", "greenlet", "alembic", "mako", "fastapi", "starlette",
             "uvicorn", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "annotated-doc",
             "tokenizers", "huggingface-hub")

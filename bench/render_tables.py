@@ -215,7 +215,9 @@ def round_efficiency_md(d: dict, plots: list[str]) -> list[str]:
         + f". Rounds with the site worker are ×{d['speedup_round_time']} faster than with a process per message"
         + " (same run)." + (pull_comparison(d) if "speedup_round_time_vs_3s_pull" in d else ""),
         "", f"Target (training ≥ {100 * t['training_share_at_least']:.0f}% of a round, with the site worker): all rounds "
-        f"{verdict(t['met_all_rounds'])}; rounds after the first {verdict(t['met_after_round_1'])}."]
+        f"{verdict(t['met_all_rounds'])}; rounds after the first {verdict(t['met_after_round_1'])}"
+        + (f"; every round after the first {verdict(t['met_every_round_after_1'])}" if "met_every_round_after_1" in t
+           else "") + "."]
     return lines + [""] + [f"![round_efficiency]({p})" for p in plots]
 
 

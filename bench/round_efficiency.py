@@ -3,19 +3,19 @@
 A real SuperLink (fl-server) and 3 SuperNodes (fl-client) on 127.0.0.1, each site holding its
 own slice of SST-2 train, the embedded MiniLM-L6 with the defaults a site gets (LoRA, DP-SGD,
 SecAgg+), one local epoch per round. The same federation runs in each mode, side by side:
-  - "site worker" (fl-client --site-worker): a long-lived worker keeps torch, the model and the
+  - "site worker" (fl-client's default): a long-lived worker keeps torch, the model and the
     tokenised data between messages (client/worker.py), and runs each task in a fork of itself;
   - "site worker, 3 s pull" (full profile only): the same with --pull-interval 3, Flower's own
     wait after an empty pull, against fl-client's shorter default (client/supernode.py);
-  - "per-message process" (the default): every message's fresh ClientApp process imports torch
-    and loads the model and data again.
+  - "per-message process" (fl-client --no-site-worker): every message's fresh ClientApp process
+    imports torch and loads the model and data again.
 
 Each site reports the seconds it spent loading, tokenising, training and evaluating (the time_*
 fields of its replies, in metrics.jsonl); the round's wall time is the ServerApp's own measure
 (sampling to the end of evaluation). What is left (round - load - tokenise - train - evaluate)
 is process start-up, FAB install, communication, SecAgg+ and aggregation. Sites run
 concurrently on the same 2 cores, so each site's training time includes sharing them.
-The target (issue 7): at least 80% of a round is training.
+The target (issue 29): at least 85% of every round after the first is training, in the default mode.
 
     python bench/round_efficiency.py --profile quick|full [--out DIR]
 """
@@ -41,10 +41,12 @@ PROFILES = {  # examples per site, rounds, modes; quick only checks the harness 
     "full": {"per_site": 1000, "rounds": 3,
              "modes": ["site worker", "site worker, 3 s pull", "per-message process"]},
 }
+# "site worker" is fl-client's default mode (flags spelt out all the same).
 MODE_FLAGS = {"site worker": ["--site-worker"], "site worker, 3 s pull": ["--site-worker", "--pull-interval", "3"],
-              "per-message process": []}
+              "per-message process": ["--no-site-worker"]}
 STEPS = ("time_load", "time_tokenise", "time_train", "time_evaluate")
-TARGET = 0.80
+TARGET = 0.85  # issue 29: of every round after the first (round 1 loads the model; with the default
+# head-init stats it is the one-shot statistics release, not training)
 
 
 def site_files(directory: Path, per_site: int, seed: int) -> list[Path]:
@@ -152,7 +154,9 @@ def main() -> int:
         "modes": results,
         "target": {"training_share_at_least": TARGET,
                    "met_all_rounds": after["training_share_all_rounds"] >= TARGET,
-                   "met_after_round_1": (after["training_share_after_round_1"] or 0) >= TARGET},
+                   "met_after_round_1": (after["training_share_after_round_1"] or 0) >= TARGET,
+                   "met_every_round_after_1": len(after["rounds"]) > 1 and all(
+                       r["training_share"] >= TARGET for r in after["rounds"][1:])},
         "speedup_round_time": speedup(before, after),
     }
     if "site worker, 3 s pull" in results:  # the before/after of the shorter pull, in the same run

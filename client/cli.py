@@ -80,12 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this site's signed audit log [default: DATA.audit.jsonl next to the data]")
     p.add_argument("--redaction-config", metavar="FILE", default=None,
                    help='JSON file choosing what to redact: {"entities": ["EMAIL", ...]} or {"enabled": false}')
-    p.add_argument("--site-worker", action="store_true",
+    p.add_argument("--site-worker", action=argparse.BooleanOptionalAction, default=True,
                    help="keep torch, the model and the tokenised data in one long-lived worker process and "
-                        "run each message's task in a fork of it, instead of Flower's new process per message "
-                        "that imports torch and loads the model and data again (much less CPU per message: "
-                        "for many sites on one machine). Known limit: after kill -9 of fl-client the site's "
-                        "old session may not sign off, so a restart waits about a minute for it")
+                        "run each message's task in a fork of it (the default); --no-site-worker runs "
+                        "Flower's new process per message instead, which imports torch and loads the model "
+                        "and data again for each of a round's messages [default: on]")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=devices.DEVICE_HELP)
     p.add_argument("--threads", type=positive_int, metavar="N", default=None,
                    help="CPU threads this site's training uses [default: torch's choice, one per core]; "
