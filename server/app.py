@@ -11,7 +11,8 @@ import json
 import os
 import threading
 import time
-from importlib.metadata import version
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from flwr.serverapp import ServerApp
 
 from common.config import RunConfig
 from common.errors import FedSiloError
-from common.launch import COORDINATOR_ENV, process_identity
+from common.launch import COORDINATOR_ENV, app_dir, process_identity
 from common.audit import AuditLog, generate_key
 from common.model import (
     EMBEDDED_MODEL,
@@ -46,7 +47,18 @@ from server.site_reports import unreadable_reply
 from server.strategy import FedSiloStrategy
 
 app = ServerApp()
-__version__ = version("fedsilo")
+
+
+def _fedsilo_version() -> str:
+    """The installed package's version; in a source tree run without installing it (bench/gpu_check.py
+    on a machine without a package index), the app folder's pyproject.toml's."""
+    try:
+        return version("fedsilo")
+    except PackageNotFoundError:
+        return tomllib.loads((app_dir() / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+
+
+__version__ = _fedsilo_version()
 
 class BoundedGrid:
     """Flower's Grid, except that waiting for the sites' replies ends after round-timeout, and

@@ -76,3 +76,16 @@ def test_training_and_prediction_run_where_the_model_lives(tiny_model, device):
     assert devices.of(model).type == device
     memory = devices.peak_memory(devices.of(model))
     assert memory["peak_rss_mib"] > 50 and (("gpu_peak_mib" in memory) == (device == "cuda"))
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_the_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert_clean_error(proc, "gpu_check: --device cuda: no CUDA device here")
+    assert proc.returncode == 2 and list(tmp_path.iterdir()) == []
