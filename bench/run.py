@@ -27,7 +27,7 @@ SUITE = {
     "utility": ("quick", "full"),
     "head_features": ("quick", "full"),
     "private_head": ("quick", "full"),
-    "small_sites": ("quick", "full"),
+    "small_sites": ("full",),  # quick: tests/test_dp_learning.py runs the same federation in the suite
     "dp_tuning": ("full",),
     "dp_data_size": ("full",),
     "scale": ("quick", "full"),
