@@ -56,10 +56,11 @@ def shaped_model(shape: Path | None, out: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     from common.model import resolve_model
+    from gpu_pack import MODEL_FILES  # what the pack carries of the model (bench/ is this script's folder)
 
     source = shape or Path(resolve_model(""))
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for f in MODEL_FILES:
         if (source / f).exists():
             shutil.copy2(source / f, out / f)
     torch.manual_seed(0)
