@@ -214,6 +214,44 @@ def run_measured(cmd: list[str], timeout: float, log_path: Path, every: float = 
             "peak_pss_gib": round(peak_pss / 2**30, 3), "peak_rss_gib": round(peak_rss / 2**30, 3)}
 
 
+def run_deployment(work: Path, files: list[Path], server_args: list, client_args: list,
+                   timeout: float = 3 * 3600) -> Path:
+    """A federation on the deployment engine, run to its end: fl-server on 127.0.0.1 (plaintext)
+    and one fl-client per data file (site name = the file's stem, ledger in `work`). Logs go to
+    work/NAME.log; returns the run directory (work/run). A failed server raises with its log's tail."""
+    from common.launch import die_with_parent, free_port, stop
+
+    port, run_dir, bin_dir = free_port(), work / "run", Path(sys.executable).parent
+    logs = {name: open(work / f"{name}.log", "w") for name in ("server", *(f.stem for f in files))}
+
+    def spawn(cmd, name):
+        return subprocess.Popen([str(bin_dir / cmd[0]), *map(str, cmd[1:])], stdout=logs[name],
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent)
+
+    server = spawn(["fl-server", "--insecure", "--port", port, "--run-dir", run_dir, *server_args], "server")
+    clients = []
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for" not in (work / "server.log").read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("fl-server did not start:\n" + tail(work / "server.log", 30))
+            time.sleep(0.5)
+        for path in files:
+            clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
+                                  "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
+                                  *client_args, *device_flags()], path.stem))
+        code = server.wait(timeout=timeout)
+    finally:
+        for proc in (server, *clients):
+            stop(proc)
+        for fh in logs.values():
+            fh.close()
+    if code != 0:
+        raise RuntimeError(f"fl-server exited with {code}:\n" + tail(work / "server.log", 40))
+    return run_dir
+
+
 def _kill_tree(root) -> None:
     import psutil
 

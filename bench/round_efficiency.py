@@ -23,18 +23,14 @@ The target (issue 29): at least 85% of every round after the first is training, 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import bench_args, bench_header, device_flags, log, out_dir, use_device, write_result
-
-from common.launch import die_with_parent, free_port, stop  # FedSilo's own (harness put the repository on sys.path)
+from harness import bench_args, bench_header, log, out_dir, run_deployment, use_device, write_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
-BIN = Path(sys.executable).parent
 SITES = 3
 PROFILES = {  # examples per site, rounds, modes; quick only checks the harness (~5 min)
     "quick": {"per_site": 100, "rounds": 1, "modes": ["site worker", "per-message process"]},
@@ -67,34 +63,8 @@ def site_files(directory: Path, per_site: int, seed: int) -> list[Path]:
 
 def federation(work: Path, files: list[Path], rounds: int, seed: int, flags: list[str]) -> list[dict]:
     """Run fl-server and 3 fl-clients to the end; returns metrics.jsonl's round records."""
-    port, run_dir = free_port(), work / "run"
-    logs = {name: open(work / f"{name}.log", "w") for name in ("server", *(f.stem for f in files))}
-
-    def spawn(cmd, name):
-        return subprocess.Popen([str(BIN / cmd[0]), *map(str, cmd[1:])], stdout=logs[name], stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
-
-    server = spawn(["fl-server", "--insecure", "--port", port, "--run-dir", run_dir, "--labels", "negative,positive",
-                    "--rounds", rounds, "--min-sites", SITES, "--local-epochs", 1, "--seed", seed], "server")
-    clients = []
-    try:
-        deadline = time.monotonic() + 120
-        while "waiting for" not in (work / "server.log").read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("fl-server did not start:\n" + (work / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
-        for path in files:
-            clients.append(spawn(["fl-client", "--site", path.stem, "--server", f"127.0.0.1:{port}", "--insecure",
-                                  "--data", path, "--ledger", work / f"{path.stem}.ledger.json",
-                                  *flags, *device_flags()], path.stem))
-        code = server.wait(timeout=3 * 3600)
-    finally:
-        for proc in (server, *clients):
-            stop(proc)
-        for fh in logs.values():
-            fh.close()
-    if code != 0:
-        raise RuntimeError(f"fl-server exited with {code}:\n" + (work / "server.log").read_text()[-3000:])
+    run_dir = run_deployment(work, files, ["--labels", "negative,positive", "--rounds", rounds, "--min-sites", SITES,
+                                           "--local-epochs", 1, "--seed", seed], flags)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -16,35 +16,21 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.app import Array, ArrayRecord
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-import client.site_round as site_round
-from client import head_release
-from client.app import app as client_app
 from client.site import site_data
 from common.config import RunConfig
 from common.head_stats import SENSITIVITY
 from common.model import load_tokenizer
-from common.updates import pack
-from server.app import run as server_run
 from server.secure_aggregation import SECAGG_CLIP, SECAGG_MAX_WEIGHT, SECAGG_QUANTIZATION
 from tests.helpers import LABELS
-from tests.inprocess_grid import InProcessGrid, wire
-
-# The node-config keys fl-client sets for its SuperNode (kept in one place: the names may change).
-SITE, DATA, DP, LEDGER, AUDIT_LOG, AUDIT_KEY = "site", "data-path", "dp", "ledger", "audit-log", "audit-key"
-ALLOW_UNMASKED = "allow-unmasked-updates"  # the site operator's consent to send a plain (unmasked) update
-ALLOW_MODEL = "allow-model"  # the base models the site's operator allows (fl-client --allow-model)
-
-PII_ROW = "Dear bank, my name is Mary Johnson, email mary.johnson@example.com, my card was declined."
-SITES = {2**40 + 7919 * i: name for i, name in enumerate("ABC")}  # node id -> site (Flower's ids are large)
+from tests.inprocess_grid import wire
+from tests.site_rounds import PII_ROW, SITES, Round, run_round
 
 # Every metric a site may send, as the README's "What leaves a site" table lists them.
 FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget", "accountant",
@@ -52,84 +38,6 @@ FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", 
               "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib", "ray_node"}
 EVAL_FIELDS = {"site", "confusion", "time_load", "time_tokenise", "time_evaluate"}
 MAX_CORRELATION = 0.1  # |r| over 2,180 values: a masked vector gives ~0.02, the update itself 1.0
-
-
-@dataclass
-class Round:
-    """One recorded run: the grid's record, each site's true update (as its SiteRound computed
-    it, before any masking) and number of training examples, and what the server ended with."""
-    grid: InProcessGrid
-    deltas: dict[str, np.ndarray]
-    examples: dict[str, int]
-    aggregate: np.ndarray  # the global model's change over the round
-    summary: dict
-    texts: set[str]  # every site's records, raw and redacted
-    token_grams: set[tuple[int, ...]]  # every run of 4 token ids of those texts
-
-    def replies(self, name: str):
-        return [m for m in self.grid.received if SITES[m.metadata.src_node_id] == name]
-
-
-def site_files(demo_dir, tmp_path) -> dict[str, object]:
-    files = {}
-    for name in SITES.values():
-        rows = (demo_dir / f"site-{name}.tsv").read_text().splitlines()
-        files[name] = tmp_path / f"site-{name}.tsv"
-        files[name].write_text("\n".join(rows + ([f"{PII_ROW}\tcard"] if name == "A" else [])) + "\n")
-    return files
-
-
-def node_config(name: str, data, tmp_path, **extra) -> dict:
-    return {SITE: name, DATA: str(data), DP: True, LEDGER: str(tmp_path / f"{name}.ledger.json"),
-            AUDIT_LOG: str(tmp_path / f"{name}.audit.jsonl"), AUDIT_KEY: str(tmp_path / f"{name}.audit.key"),
-            **extra}
-
-
-def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True, head_init: str = "none",
-              exact: dict | None = None) -> Round:
-    """One round; head_init "stats" makes it the head-statistics release (each site's exact,
-    noise-free statistics then go into `exact`, computed by the test from the site's own state)."""
-    files = site_files(demo_dir, tmp_path)
-    cfg = RunConfig.from_dict({"model": str(tiny_model), "labels": LABELS, "rounds": 1, "batch-size": 32,
-                               "min-sites": 3, "round-timeout": 120.0, "secure-aggregation": secure,
-                               "run-dir": str(tmp_path / "run"), "head-init": head_init})
-    extra = {ALLOW_MODEL: str(tiny_model)}
-    if not secure and consent:  # SecAgg+ must not need the consent
-        extra[ALLOW_UNMASKED] = True
-    grid = InProcessGrid(client_app, {nid: node_config(name, files[name], tmp_path, **extra)
-                                      for nid, name in SITES.items()}, cfg.to_flat())
-    deltas, examples = {}, {}
-    serve = site_round.serve
-
-    def spy(request):  # the site's own result, before the ClientApp's mods (SecAgg+) see it
-        result = serve(request)
-        if request["op"] == "fit":
-            name = request["node_config"][SITE]
-            deltas[name], examples[name] = result[0][0].astype(np.float64), result[1]
-            if exact is not None:
-                site = site_round._current[1]
-                exact[name] = (pack(head_release.release(site.model, site.train_data, len(cfg.labels), site.pad_id,
-                                                         None))[0].astype(np.float64), result[2])
-        return result
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(site_round, "serve", spy)
-        server_run(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
-                                 run_config=cfg.to_flat()))
-    rounds = tmp_path / "run" / "rounds"
-    before = np.load(rounds / "round-0000.npz")
-    after = np.load(rounds / "round-0001.npz") if (rounds / "round-0001.npz").exists() else before
-    aggregate = np.concatenate([(after[k].astype(np.float64) - before[k]).ravel() for k in before.files])
-
-    texts, token_grams = set(), set()
-    tokenizer = load_tokenizer(cfg.model)
-    for name in SITES.values():
-        site = site_data(cfg, {SITE: name, DATA: str(files[name])})
-        texts |= set(site.records.texts) | set(site.train.texts) | set(site.eval.texts)
-    for ids in tokenizer(sorted(texts), truncation=True, max_length=cfg.max_length)["input_ids"]:
-        token_grams |= {tuple(ids[i:i + 4]) for i in range(len(ids) - 3)}
-    return Round(grid, deltas, examples, aggregate, json.loads((tmp_path / "run" / "summary.json").read_text()),
-                 texts, token_grams)
 
 
 @pytest.fixture(scope="module")
