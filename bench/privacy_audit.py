@@ -1,7 +1,7 @@
 """Privacy audit: an empirical lower bound on epsilon from canaries planted at one site.
 
 The one-run audit of Steinke, Nasr and Jagielski (2023, arXiv:2305.08846): m canary records
-(8 random vocabulary words each, a random label) are drawn; each goes into site A's data file
+(3 random vocabulary words each, a random label) are drawn; each goes into site A's data file
 with probability 1/2, independently. One federation runs on the deployment engine (fl-server
 and fl-clients on 127.0.0.1, the defaults a site gets: LoRA, AdamW or DP-SGD). Then the curious
 server attacks: it knows the weights it sent (rounds/round-0000.npz) and what came back
@@ -17,10 +17,12 @@ Threat models (one row each):
     sites' updates: the audit attacks site A's canaries through the other sites' updates.
   * "one site's update": site A alone, SecAgg+ off (fl-client --allow-unmasked-updates). The
     server sees A's update itself: the strongest position a server can be in.
-Each threat model runs with DP off and with DP-SGD at epsilon 1, 3 and 8 per site (`quick`: the
-one-site model, DP off and epsilon 8, 200 canaries). One round, `--head-init none`, so the whole
-epsilon is DP-SGD's (head-init stats releases statistics in its own round, not audited here).
-`epsilon` is what site A's ledger reported (record level, PRV accountant, delta 1e-5).
+Two mechanisms, each in one round: the head-statistics release (round 1 of FedSilo's defaults,
+`--head-init stats`: the whole epsilon goes to it) under both threat models with DP off and at
+epsilon 1, 3 and 8 per site; and DP-SGD (`--head-init none`, LoRA, 4 local epochs) on one site's
+update, DP off and epsilon 8. `full`: 400 canaries, 100 SST-2 records a site; `quick`: 200
+canaries, 150 records, the release on one site's update only, DP off and epsilon 8.
+`epsilon` is what site A reported (record level, PRV accountant, delta 1e-5).
 
     python bench/privacy_audit.py --profile quick|full [--out DIR]
 """
@@ -41,7 +43,7 @@ from harness import (bench_args, bench_header, earlier_rows, log, out_dir, run_d
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
 LABELS = ("negative", "positive")
-CONFIDENCE, WORDS = 0.95, 8
+CONFIDENCE, WORDS = 0.95, 3
 MIN_POWER = 0.25  # a DP-off row must prove at least this much leakage: the audit can see a leak
 MECHANISMS = {  # what the round releases -> (head-init, local epochs)
     "head statistics": ("stats", 1),  # round 1 of the defaults: one noisy release, no training
@@ -50,7 +52,7 @@ MECHANISMS = {  # what the round releases -> (head-init, local epochs)
 PROFILES = {  # canaries, normal records per site, rows (mechanism, threat model, epsilon or None = DP off)
     "quick": {"canaries": 200, "per_site": 150,
               "rows": [("head statistics", "one site's update", e) for e in (None, 8.0)]},
-    "full": {"canaries": 1000, "per_site": 500,
+    "full": {"canaries": 400, "per_site": 100,
              "rows": [("head statistics", t, e) for t in ("one site's update", "aggregate")
                       for e in (None, 1.0, 3.0, 8.0)] + [("DP-SGD", "one site's update", e) for e in (None, 8.0)]},
 }
@@ -61,7 +63,9 @@ THREATS = {  # threat model -> (sites, server flags, client flags)
 
 
 def make_canaries(tokenizer, m: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
-    """m texts of WORDS random whole-word vocabulary entries, random labels, and who is in (1/2 each)."""
+    """m texts of WORDS random whole-word vocabulary entries, random labels, and who is in (1/2 each).
+    Few words each: a mean-pooled text of many random words drifts to the average embedding, where
+    every canary looks alike and none stands out."""
     rng = random.Random(seed)
     words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and len(w) >= 4)
     texts = [" ".join(rng.sample(words, WORDS)) for _ in range(m)]
@@ -117,11 +121,12 @@ def lower_bound(scores: np.ndarray, included: np.ndarray, delta: float) -> dict:
             "auroc": round(float(auditor.attack_auroc()), 4)}
 
 
-def one_row(mechanism: str, threat: str, epsilon: float | None, prof: dict, seed: int, work: Path,
-            tokenizer) -> dict:
+def one_row(mechanism: str, threat: str, epsilon: float | None, prof: dict, seed: int, work: Path) -> dict:
     sites, server_flags, client_flags = THREATS[threat]
     head_init, epochs = MECHANISMS[mechanism]
-    texts, labels, included = make_canaries(tokenizer, prof["canaries"], seed)
+    from common.model import load_tokenizer
+
+    texts, labels, included = make_canaries(load_tokenizer(""), prof["canaries"], seed)
     files = site_files(work, sites, prof["per_site"], [(t, y) for t, y, s in zip(texts, labels, included) if s], seed)
     dp = ["--no-dp"] if epsilon is None else ["--target-epsilon", epsilon, "--privacy-budget", epsilon]
     started = time.monotonic()
@@ -159,14 +164,11 @@ def main() -> int:
     path = out_dir(args) / "privacy_audit.json"
     rows, _ = earlier_rows(path, args.profile, lambda r: (r["mechanism"], r["threat_model"], r["target_epsilon"]),
                            set(wanted))
-    from common.model import load_tokenizer
-
-    tokenizer = load_tokenizer("")
     for mechanism, threat, epsilon in wanted:
         log(f"privacy_audit: {row_name(mechanism, threat, epsilon)}: {prof['canaries']} canaries at site A")
         with tempfile.TemporaryDirectory(prefix="fedsilo-audit-") as work:
             try:
-                row = {"status": "ok", **one_row(mechanism, threat, epsilon, prof, seed, Path(work), tokenizer)}
+                row = {"status": "ok", **one_row(mechanism, threat, epsilon, prof, seed, Path(work))}
             except RuntimeError as err:
                 row = {"status": "failed", "mechanism": mechanism, "threat_model": threat, "target_epsilon": epsilon,
                        "error": str(err)[-2000:]}
@@ -184,7 +186,7 @@ def main() -> int:
         "setup": {"method": "one-run audit (Steinke, Nasr, Jagielski 2023) with jax_privacy.auditing."
                             "CanaryScoreAuditor.epsilon_one_run (one-sided guesses, Bonferroni over thresholds)",
                   "canaries": prof["canaries"], "records_per_site": prof["per_site"],
-                  "canary": f"{WORDS} random vocabulary words, random label, in site A's file with probability 1/2",
+                  "canary": f"{WORDS} random vocabulary words, a random label, in site A's file with probability 1/2",
                   "data": "SST-2 train (disjoint seeded slices)", "rounds": 1, "trainable": "lora",
                   "mechanisms": {m: {"head_init": h, "local_epochs": e} for m, (h, e) in MECHANISMS.items()},
                   "score": "the canary's loss under the weights sent minus under the weights returned",

@@ -13,9 +13,9 @@ bench/README.md is hand-written except between the lines `<!-- results:begin -->
 `<!-- results:end -->`: rendering bench/results/full replaces what is between them with the same
 sections as SUMMARY.md, their plot links relative to the README.
 
-The renderer is four modules, none importing this one: render_common (provenance line, number
-formatting, Markdown tables), render_tables (each benchmark's Markdown), render_plots (each
-benchmark's PNG), and this entry point (which sections exist, the run overview, the documents).
+The renderer is five modules, none importing this one: render_common (provenance line, number
+formatting, Markdown tables), render_tables (each benchmark's Markdown), render_privacy (the audit's
+and redaction's, also written into docs/), render_plots (each benchmark's PNG), and this entry point (which sections exist, the run overview, the documents).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from render_common import fmt, provenance, table
+from render_privacy import privacy_audit_md, redaction_md
 from render_plots import (dp_data_size_png, dp_speed_png, round_efficiency_png, scale_png, secagg_overhead_png,
                           traffic_png, utility_png)
 from render_tables import (dp_data_size_md, dp_speed_md, dp_tuning_md, generic_md, head_features_md,
@@ -36,10 +37,12 @@ README = BENCH / "README.md"
 FULL = BENCH / "results" / "full"  # the profile whose results bench/README.md shows
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-ORDER = ["utility", "small_sites", "private_head", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "privacy_audit", "redaction", "small_sites", "private_head", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 SECTIONS = {  # result file stem -> (title, Markdown, plot)
     "utility": ("Utility on real data", utility_md, utility_png),
+    "privacy_audit": ("Privacy audit: an empirical lower bound on ε", privacy_audit_md, None),
+    "redaction": ("Redaction on public text", redaction_md, None),
     "head_features": ("What the classification head sees (DP diagnosis)", head_features_md, None),
     "dp_tuning": ("Choosing DP's batch size and learning rate (validation set)", dp_tuning_md, None),
     "dp_data_size": ("DP's cost against records per site", dp_data_size_md, dp_data_size_png),

@@ -25,6 +25,8 @@ BENCH = REPO / "bench"
 # (they stay runnable on their own: `make bench-dp`, `python bench/secagg_overhead.py`).
 SUITE = {
     "utility": ("quick", "full"),
+    "privacy_audit": ("quick", "full"),
+    "redaction": ("quick", "full"),
     "head_features": ("quick", "full"),
     "private_head": ("quick", "full"),
     "small_sites": ("full",),  # quick: tests/test_dp_learning.py runs the same federation in the suite

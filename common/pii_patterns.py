@@ -286,7 +286,8 @@ _ID = re.compile(r"(?i:(?:\bID\b(?:\s+card)?" + _NO + r"?|\b(?:identity|identifi
 
 # an abbreviation keeps its dot; a full word leaves a sentence's full stop alone
 _SUFFIX = (r"(?:(?:Street|Road|Avenue|Lane|Boulevard|Drive|Way|Court|Place|Terrace|Close|Crescent|"
-           r"Square|Parkway|Highway|Circle|Row|Walk|Gardens)\b"
+           r"Square|Parkway|Highway|Circle|Row|Walk|Gardens|View|Grove|Mews|Rise|Hill|Vale|Trail|Alley|"
+           r"Plaza|Parade|Quay|Wharf|Heights)\b"
            r"|(?:St|Rd|Ave|Ln|Blvd|Dr|Ct|Pl|Sq|Pkwy|Hwy|Cir)\b\.?)")
 _STREET_WORD = r"(?:[A-Z][a-z]+(?:['-][A-Za-z]+)?|\d{1,3}(?:st|nd|rd|th)|[NSEW]\.?|St\.)"
 _UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm)\.?\s*#?\s*[A-Za-z0-9-]{1,6}\b"
@@ -347,10 +348,17 @@ Summary Discharge Admission Today Yesterday Tomorrow Urgent Hospital Clinic Ward
 Emergency Office Surgery The A An And Or On At In Of To From With For By Is Was Has Had Not No
 Yes Here There We You They He She It This That Monday Tuesday Wednesday Thursday Friday Saturday
 Sunday January February March April May June July August September October November December
-Street Road Avenue Lane Boulevard Drive Way Court Place Terrace Close Crescent Square Dear
+Street Road Avenue Lane Boulevard Drive Way Court Place Terrace Close Crescent Square View Grove Mews Dear
 Mr Mrs Ms Miss Dr Prof Professor Name Date Phone Email Address Birth Number Admitted Seen
 Referred Reports Presented Called Contact Signed Visit Follow Reviewed Lives Stable
 """.split())
+
+
+# Words the name tagger (common/name_tagger.py) may not make a name of on their own: the list
+# above plus the labels of clinical and banking forms ("DOB: ...", "Next of kin").
+# The placeholders themselves ("[NAME]") are never names either: redacting twice changes nothing.
+NOT_NAMES = _NOT_NAMES | frozenset("DOB MRN NHS IBAN BIC SWIFT SSN ID Ref Tel Fax Next Kin Consent Witness".split()) \
+    | frozenset(ENTITY_TYPES)
 
 
 def _find_name(text: str) -> Iterator[tuple[int, int]]:

@@ -21,7 +21,7 @@ import re
 import unicodedata
 
 from common.pii_patterns import luhn_valid
-from common.redaction import ENTITY_TYPES, Redactor, Span, find_pii
+from common.redaction import ENTITY_TYPES, Redactor, Span, find_pii_all
 
 # --------------------------------------------------------------------------------- vocabularies
 
@@ -464,8 +464,8 @@ def evaluate(redactor_types=ENTITY_TYPES, n: int = 600, seed: int = 0) -> dict[s
     redactor = Redactor(redactor_types)
     found = {t: [0, 0] for t in redactor.types}   # gold spans found, gold spans
     correct = {t: [0, 0] for t in redactor.types}  # predicted spans correct, predicted spans
-    for text, gold in make_notes(n, seed):
-        pred = find_pii(text, redactor.types)
+    notes = make_notes(n, seed)
+    for (text, gold), pred in zip(notes, find_pii_all([text for text, _ in notes], redactor.types)):
         for g in gold:
             if g.type in found:
                 found[g.type][1] += 1
