@@ -246,7 +246,13 @@ def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_
     assert b_alive, restarted[-3000:]
     print(f"B's old SuperNode and ClientApp gone {old_gone_after} s after fl-client was killed")
     assert old_gone_after is not None and old_gone_after < 60
-    assert "Traceback" not in restarted and "error" not in restarted.lower(), restarted[-3000:]
+    assert "Traceback" not in restarted, restarted[-3000:]
+    # A kill -9 cannot sign off: if the restart beats the server's release of the old session,
+    # Flower's SuperNode is refused once (its ERROR lines) and fl-client waits it out, as documented.
+    stale = "the server still counts this site's previous session as connected" in restarted
+    errors = [line for line in restarted.splitlines() if "error" in line.lower()
+              and not (stale and ("Exit Code: 305" in line or "Failed to activate SuperNode" in line))]
+    assert errors == [], restarted[-3000:]
     # At restart the site read its ledger and counted the interrupted round.
     spent_line = next(line for line in restarted.splitlines() if "DP-SGD on: epsilon" in line)
     assert float(spent_line.split("epsilon ")[1].split()[0]) > 0, spent_line
