@@ -123,8 +123,6 @@ def main() -> int:
         save_asset(tagger, {"threshold": 0.5})  # the threshold is chosen with the saved (float16) weights
         name_tagger._loaded.cache_clear()
     meta = {**meta, **choose_threshold(valid), "target_valid_name_recall": TARGET_RECALL}
-    for old in ("valid_word_recall", "valid_word_precision", "target_valid_word_recall"):
-        meta.pop(old, None)
     save_asset(tagger, meta)
     name_tagger._loaded.cache_clear()
     log(f"wrote {ASSET} ({ASSET.stat().st_size / 1e6:.1f} MB); {meta}")
