@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 PROFILE ?= quick
 
-.PHONY: setup demo test test-fast test-load bench bench-dp clean
+.PHONY: setup browser demo test test-fast test-load bench bench-dp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,19 @@ setup: $(VENV)/.installed
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash deploy/demo.sh
 
-test: setup
+# Debian's Chromium for the tests that open report.html in a real browser (they skip, saying so,
+# where it cannot be installed: not root, or no apt-get).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } ; } || \
+	  echo "make: no Chromium (not root, or apt-get failed): the browser tests will skip"
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-load: setup

@@ -21,7 +21,8 @@ from client import worker
 from client.app_guard import APPROVED_ENV, approved_app_hash, write_shim
 from client.kit import load_kit
 from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_ledger
-from client.site import DEFAULT_SITE_EVAL_FRACTION, redact
+from client.redaction_count import count_in_child
+from client.site import DEFAULT_SITE_EVAL_FRACTION
 from client.site_limits import ALLOW_MODEL, CAPS
 from client.supernode_process import SessionMark, run_supernode
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV, SECRET_ENV
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
         entities = load_redaction_config(args.redaction_config)
         privacy = replace(privacy, redact=bool(entities), redact_entities=",".join(entities))
     # Before the ledger and the audit log are written: an unknown PII type must leave no files.
-    redactions = redaction_counts(records.texts, privacy)  # the operator's local report: counts, never values
+    redactions = count_in_child(records.texts, privacy)  # the operator's local report: counts, never values
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
     print(f"fl-client: site {site}: {len(records)} records in {data}; computes on {devices.describe(device)}",
           flush=True)
@@ -257,17 +258,6 @@ def main(argv=None) -> int:
             finally:
                 watch.closing = True
                 stop(site_worker)
-
-
-def redaction_counts(texts: list[str], privacy: SitePrivacy):
-    """What redaction will replace, counted in a child process: the name tagger loads a model,
-    and fl-client itself only supervises (a process holding torch's thread pools and a model
-    forks slowly, and a signal that lands inside a fork's handlers is lost)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(redact, texts, privacy).result()[1]
 
 
 def privacy_status(privacy: SitePrivacy, ledger_path: Path, records, audit_key: Path, audit_log: Path) -> str:

@@ -40,6 +40,7 @@ from common.model import (
 from common.privacy import guarantee_sentence
 from server.hardware import hardware_summary, report_lines as hardware_lines
 from server.head_init import label_names_prior
+from server.live_status import LiveStatus
 from server.model_card import write_model_card
 from server.run_dir import RunDir
 from server.secure_aggregation import workflow
@@ -71,12 +72,21 @@ class BoundedGrid:
 
     REPLY_POLL_S = 0.5
 
-    def __init__(self, grid: Grid, timeout: float, strategy=None, secure: bool = False):
+    def __init__(self, grid: Grid, timeout: float, strategy=None, secure: bool = False,
+                 live: LiveStatus | None = None):
         self._grid, self._timeout = grid, timeout
-        self._strategy, self._secure = strategy, secure
+        self._strategy, self._secure, self._live = strategy, secure, live
+
+    def get_node_ids(self):
+        ids = self._grid.get_node_ids()
+        if self._live is not None:
+            self._live.connected(ids)
+        return ids
 
     def send_and_receive(self, messages, *, timeout: float | None = None):
         messages = list(messages)
+        if self._live is not None:
+            self._live.asking(messages)
         ids = list(self._grid.push_messages(messages))
         sent, waiting = dict(zip(ids, messages)), set(ids)
         deadline = time.monotonic() + (timeout or self._timeout)
@@ -85,6 +95,8 @@ class BoundedGrid:
             got = list(self._grid.pull_messages(waiting))
             replies += got
             waiting -= {msg.metadata.reply_to_message_id for msg in got}
+            if self._live is not None:
+                self._live.update(replied=len(ids) - len(waiting))
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(self.REPLY_POLL_S)
@@ -143,6 +155,7 @@ def run(grid: Grid, context: Context) -> None:
     run_dir = RunDir(cfg.run_dir or Path.cwd() / "runs" / str(context.run_id))
     resumed = run_dir.resume_point(cfg)  # the checkpoint of an earlier, killed run of this configuration
     run_dir.write_start(cfg)
+    live = LiveStatus(run_dir.path, cfg.rounds, cfg.min_sites)
     log(INFO, "FedSilo run %s -> %s", context.run_id, run_dir.path)
 
     audit = open_audit(cfg, run_dir)
@@ -171,7 +184,8 @@ def run(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     if done < cfg.rounds:
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - done), strategy=strategy)
-        workflow(cfg)(BoundedGrid(grid, cfg.round_timeout, strategy, cfg.secure_aggregation), legacy)
+        bounded = BoundedGrid(grid, cfg.round_timeout, strategy, cfg.secure_aggregation, live)
+        workflow(cfg)(bounded, legacy)
     strategy.close_rounds()  # a round SecAgg+ halted never reached aggregate_fit
     strategy.checkpoint(cfg.rounds)
 
@@ -201,6 +215,7 @@ def run(grid: Grid, context: Context) -> None:
     summary["audit_head"] = audit.head  # keep it elsewhere too: it pins the log's length
     run_dir.write_summary(summary)
     write_model_card(run_dir.path, cfg, summary, strategy.site_privacy)
+    live.finished(summary["status"])
     report = (run_dir.path / "report.txt")
     if report.exists():
         log(INFO, "\n%s", report.read_text(encoding="utf-8"))

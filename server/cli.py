@@ -6,6 +6,8 @@
     fl-server [run]  --federation FED --labels ...                 TLS, enrolled sites, SecAgg+
     fl-server [run]  --insecure --labels ...                       plaintext on 127.0.0.1 only
     fl-server resume RUN_DIR                                       continue a killed run
+    fl-server status RUN_DIR                                       where a run stands, live or finished
+    fl-server report RUN_DIR                                       (re)write RUN_DIR/report.html
 
 Every run writes a checkpoint after each round. Started again with the same options and
 --run-dir (or with `fl-server resume RUN_DIR`), a killed run goes on after its last finished
@@ -52,8 +54,9 @@ from common.pki import VALID_DAYS
 from server.federation import Federation
 from server.run_dir import RunDir, read_run_options, write_run_options
 from server.submit import absolute_local_paths, finish, submit_and_stream
+from server.tracking import RunFollower, add_tracking_options
 
-COMMANDS = ("init", "enroll", "renew", "run", "resume")
+COMMANDS = ("init", "enroll", "renew", "run", "resume", "status", "report")
 
 # fl-server takes every run option except the simulation-only ones.
 _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fl-server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", metavar="{init,enroll,renew,run,resume}")
+    sub = p.add_subparsers(dest="command", metavar="{init,enroll,renew,run,resume,status,report}")
 
     init = sub.add_parser("init", help="create a federation folder: CA, server certificate, server key")
     init.add_argument("--dir", required=True, help="federation folder to create")
@@ -106,10 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "SQLite's 5 s lock wait can run out). FedSilo's own state (state.json) is the same "
                           "either way, so resume works with both [default: sqlite]")
     add_run_options(run, keys=list(_RUN_KEYS))
+    add_tracking_options(run)
 
     resume = sub.add_parser("resume", help="continue a killed run from its run directory, with the "
                                            "options it was started with")
     resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of the killed run")
+
+    status = sub.add_parser("status", help="where a run stands: round, sites connected and trained, epsilon "
+                                           "per site, last failure (live or finished; reads RUN_DIR only)")
+    status.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    status.add_argument("--json", action="store_true", help="the same as one JSON object")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (plots of the rounds; a run writes it "
+                                           "after every round by itself)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     return p
 
 
@@ -144,6 +156,18 @@ def main(argv=None) -> int:
         return 0
     if args.command == "resume":
         return run(resume_args(Path(args.run_dir)))
+    if args.command == "status":
+        from server.run_status import RunView, status_json, status_lines
+
+        view = RunView(args.run_dir)
+        print(json.dumps(status_json(view), indent=2, sort_keys=True) if args.json else "\n".join(status_lines(view)))
+        return 0
+    if args.command == "report":
+        from server.html_report import write_report
+        from server.run_status import RunView
+
+        print(f"fl-server: wrote {write_report(RunView(args.run_dir))}")
+        return 0
     return run(args)
 
 
@@ -199,6 +223,7 @@ def run(args) -> int:
     from common.model import check_model  # imports torch: only for a run, not for init / enroll / refusals
 
     check_model(cfg.model)
+    follower = RunFollower(run_dir, args.tensorboard, args.mlflow)  # a wrong tracking URI stops here
     rd = RunDir(run_dir)
     rd.make_private()
     rd.require_written_here()
@@ -217,7 +242,8 @@ def run(args) -> int:
         hint = "fl-client --kit KIT --data FILE" if fed else f"fl-client --site NAME --data FILE --server {host}:{port} --insecure"
         print(f"fl-server: waiting for {cfg.min_sites} site(s): {hint}", flush=True)
         summary = submit_and_stream(cfg, rd.path, home, coordinator.control_address, insecure=fed is None,
-                                    root_cert=str(fed.ca) if fed else None, verbose=args.verbose)
+                                    root_cert=str(fed.ca) if fed else None, verbose=args.verbose,
+                                    follower=follower)
     return finish(summary, rd.path)
 
 

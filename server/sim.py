@@ -17,6 +17,7 @@ from common.privacy import add_privacy_options, privacy_from_args
 from server.run_dir import RunDir, write_run_options
 from server.sim_resources import plan
 from server.submit import absolute_local_paths, finish, submit_and_stream
+from server.tracking import RunFollower, add_tracking_options
 
 DESCRIPTION = """Simulate a federation on this machine: DATA is split over N virtual sites
 (IID or Dirichlet label skew) and the FedSilo app runs on Flower's simulation engine (Ray).
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
     add_run_options(p, keys=[o.key for o in RUN_OPTIONS if not o.key.startswith("sim-")])
     add_privacy_options(p)
+    add_tracking_options(p)
     return p
 
 
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
     partition(encode_labels(records, cfg.labels, str(data)), args.sites, cfg.partition,
               cfg.dirichlet_alpha, cfg.seed)  # the split every virtual site will make
     check_model(cfg.model)
+    follower = RunFollower(run_dir, args.tensorboard, args.mlflow)  # a wrong tracking URI stops here
     rd = RunDir(run_dir)
     rd.make_private()
     rd.require_written_here()
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
             wait_for_port("127.0.0.1", port, superlink, 60, "the simulation SuperLink", log_path)
             summary = submit_and_stream(cfg, rd.path, home, f"127.0.0.1:{port}", insecure=True,
                                         federation_config=resources.federation_config(args.sites),
-                                        verbose=args.verbose)
+                                        verbose=args.verbose, follower=follower,
+                                        simulation=True)
         finally:
             stop(superlink)
     return finish(summary, rd.path)
