@@ -33,13 +33,13 @@ class Display:
     """Where the run's lines go: stdout, and for fl-sim a progress bar under them (rich; drawn
     only on a terminal, so logs and pipes get the plain lines)."""
 
-    def __init__(self, rounds: int = 0, progress: bool = False):
+    def __init__(self, rounds: int = 0, progress: bool = False, console=None):
         self.bar = None
         if progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            console = Console()
+            console = console or Console()
             if console.is_terminal:
                 self.bar = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                     console=console, transient=True)

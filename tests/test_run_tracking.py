@@ -238,3 +238,22 @@ def test_status_follows_a_live_run_then_a_killed_one(tiny_model, demo_dir, tmp_p
         stop_all(server, *sites)
         for fh in logs.values():
             fh.close()
+
+
+def test_fl_sim_progress_bar_counts_rounds_on_a_terminal_and_stays_off_a_pipe():
+    import io
+
+    from rich.console import Console
+
+    from server.submit import Display
+
+    screen = io.StringIO()
+    display = Display(rounds=3, progress=True, console=Console(file=screen, force_terminal=True, width=100))
+    display.line("\x1b[92mINFO \x1b[0m:      round 1/3 | accuracy 0.500  macro-F1 0.400 | 3.0s\n")
+    display.line("\x1b[92mINFO \x1b[0m:      round 2/3 | accuracy 0.600  macro-F1 0.500 | 3.0s\n")
+    assert display.bar.tasks[0].completed == 2 and display.bar.tasks[0].total == 3
+    display.close()
+    assert "round 2/3 | accuracy 0.600" in screen.getvalue() and "2/3" in screen.getvalue()
+
+    piped = io.StringIO()
+    assert Display(rounds=3, progress=True, console=Console(file=piped)).bar is None  # logs get plain lines
