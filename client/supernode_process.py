@@ -31,6 +31,13 @@ FATAL = (
 # and logs when --max-wait / --max-retries is used up.
 RETRY = re.compile(r"Connection attempt failed, retrying in ([0-9.]+) seconds")
 GIVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds and (\d+) tries")
+# The server answers a known session's call with 401 once it no longer knows the session: a new
+# fl-server run (a fresh SuperLink) after the last one ended, or a SuperLink restarted without its
+# state. Flower's SuperNode then shuts itself down half-way (its retry thread goes on, reaching
+# nothing), so fl-client starts a fresh SuperNode, which activates the site's key anew.
+SESSION_LOST = re.compile(r"401 Unauthorized.*/v1/fleet/")
+LOST = "session lost"  # _supernode's answer for that case: start again
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")  # a traceback's last line
 # A SuperNode that dies without signing off (the whole site killed with kill -9, power loss, the
 # OOM killer) stays "online" at the SuperLink until HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL
 # (2 x 30 s in flwr 1.42) after its last heartbeat, and until then the SuperLink refuses to
@@ -93,6 +100,11 @@ def run_supernode(args: list[str], env: dict, server: str, max_wait: float,
                   flush=True)
             time.sleep(wait)
             fatal = _supernode(args, env, server)
+        while fatal == LOST:
+            print("fl-client: the server no longer knows this site's session (a new run on a fresh "
+                  "coordinator, or one restarted without its state); connecting again", flush=True)
+            time.sleep(1.0)
+            fatal = _supernode(args, env, server)
     if fatal:
         raise FedSiloError(fatal)
     return 0
@@ -108,7 +120,7 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                  errors="replace", start_new_session=True, preexec_fn=die_with_parent,
                                  cwd=Path(env["FLWR_HOME"]).parent)
-    fatal, attempts = None, 0
+    fatal, attempts, held = None, 0, []
     try:
         for line in supernode.stdout:
             retry = RETRY.search(line)
@@ -117,6 +129,16 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
                 print(f"fl-client: cannot reach {server} yet (attempt {attempts}); retrying in "
                       f"{float(retry.group(1)):.1f} s", flush=True)
                 continue
+            # A traceback is held until its last line: the one a lost session ends in is ours to
+            # handle (a fresh SuperNode), not the operator's to read.
+            if held or line.startswith(("Exception in thread", "Traceback")):
+                held.append(line)
+                if SESSION_LOST.search(line):
+                    fatal = LOST
+                    break
+                if not EXCEPTION_LINE.match(line) and len(held) < 200:
+                    continue
+                line, held = "".join(held), []
             sys.stdout.write(line)
             sys.stdout.flush()
             # Flower's SuperNode logs some fatal conditions but keeps running: end it ourselves.
@@ -130,6 +152,8 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
                          "and --max-retries)")
             if fatal:
                 break
+        else:
+            sys.stdout.write("".join(held))  # a traceback the SuperNode's output ended in
     finally:
         stop(supernode)
     if fatal:

@@ -16,6 +16,9 @@ group of its own) is told by the kernel (PR_SET_PDEATHSIG) and signs off, so the
 connects at once. If every process of the site died, nothing signed off: the SuperLink refuses
 the key (code 2004, as for a key it does not know) until the old session's 60 s have run out,
 and fl-client waits that out instead of reporting an unenrolled key (client/cli.py).
+
+A site left running between runs: the next fl-server's fresh SuperLink answers the old session
+with 401, and fl-client starts a fresh SuperNode (client/supernode_process.py).
 """
 
 from __future__ import annotations
@@ -365,3 +368,33 @@ def test_sites_that_never_come_end_the_run_with_one_clear_line(tiny_model, demo_
         assert f"round {rnd} failed: only 1 of 2 sites connected after 20s (round-timeout)" in out, out[-3000:]
     assert [r["status"] for r in rounds_of(run_dir)] == ["failed", "failed"]
     assert waited < 200  # two bounded waits of 20 s plus start-up, not Flower's endless wait
+
+
+# --------------------------------------------------------------------------------------- (d)
+def test_a_site_left_running_takes_part_in_the_coordinators_next_run(tiny_model, demo_dir, tmp_path):
+    """Sites keep fl-client running; the coordinator starts one fl-server per run, each with a
+    fresh SuperLink that does not know the sessions of the last. The old session's next call is
+    refused (401) and Flower's SuperNode shuts itself down half-way: fl-client must start a fresh
+    SuperNode, not retry into nothing (which left every site out of the next run)."""
+    port = free_port()
+    fed = provision(tmp_path, "127.0.0.1", port, ["A"])
+    log = open(tmp_path / "A.log", "w")
+    site = subprocess.Popen([str(BIN / "fl-client"), "--kit", str(fed / "kits" / "A"), "--no-dp", "--data",
+                             str(site_file(demo_dir, "A", tmp_path)), "--allow-unmasked-updates",
+                             "--allow-model", str(tiny_model)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        for run in ("first", "second"):
+            proc = run_cli("fl-server", "--federation", fed, "--labels", LABELS, "--rounds", 1, "--min-sites", 1,
+                           "--no-secure-aggregation", "--round-timeout", 150, "--model", tiny_model,
+                           "--run-dir", tmp_path / run, timeout=400)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+            assert sorted(rounds_of(tmp_path / run)[0]["fit"]) == ["A"], run
+        assert site.poll() is None
+    finally:
+        stop_all(site)
+        log.close()
+    out = (tmp_path / "A.log").read_text()
+    assert out.count("site A round 1: released head statistics") == 2, out[-3000:]  # once in each run
+    assert "connecting again" in out
+    assert "Traceback" not in out, out[-3000:]
