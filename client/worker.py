@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Listener
@@ -91,9 +92,15 @@ class Watch:
 
     def _wait(self) -> None:
         code = self.worker.wait()
-        if not self.closing:
-            self.died = code
+        if self.closing:
+            return
+        self.died = code
+        # Repeated until fl-client acts on it: a signal that lands while fl-client starts a
+        # process (inside the fork's handlers, where Python ignores the exception it raises) is
+        # lost, and fl-client would run on without its worker.
+        while not self.closing:
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(3)
 
 
 def main() -> None:
