@@ -14,7 +14,8 @@ from common.device import DEVICE_HELP
 from common.errors import FedSiloError, cli_entry
 
 DESCRIPTION = """Classify texts with the final global model of a FedSilo run directory.
-Prints one JSON object per text: the predicted label and its probability."""
+Prints one JSON object per text: the predicted label and its probability; with --explain also the
+words that pushed toward and away from that label (Integrated Gradients, Captum)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--file", metavar="FILE", help="a file with one text per line ('-' = stdin)")
     p.add_argument("--max-length", type=int, default=None,
                    help="truncate texts to this many tokens [default: the run's max-length]")
+    p.add_argument("--explain", action="store_true",
+                   help="explain each prediction: word attributions by Integrated Gradients on the word "
+                        "embeddings (Captum): 'toward' and 'against' list the words that pushed most toward "
+                        "and away from the predicted label, 'words' every word with its attribution")
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help="with --explain: also write a page that colours each word by its attribution")
+    p.add_argument("--steps", type=int, default=50,
+                   help="with --explain: integration steps (more: a smaller error 'delta') [default: 50]")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP.replace("the site", "it"))
     return p
 
@@ -70,6 +79,10 @@ def main(argv=None) -> int:
     from common.device import resolve
 
     device = resolve(args.device)  # CUDA where there is none: one line, before anything is loaded
+    if args.html and not args.explain:
+        raise FedSiloError("--html writes the explanations: give --explain too")
+    if not 1 <= args.steps <= 1000:
+        raise FedSiloError(f"--steps {args.steps}: give 1 to 1000")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FedSiloError(f"{run_dir}: not a run directory")
@@ -89,6 +102,22 @@ def main(argv=None) -> int:
         max_length = json.loads(config.read_text())["max_length"] if config.is_file() else 128
     tokenizer, model = load_final_model(run_dir)
     model.to(device)
-    for row in predict(tokenizer, model, texts, max_length):
+    rows = predict(tokenizer, model, texts, max_length)
+    if args.explain:
+        from server.explain import explain, render_html
+
+        explanations = explain(tokenizer, model, texts, max_length, args.steps)
+        for row, exp in zip(rows, explanations):
+            row["explanation"] = {k: exp[k] for k in ("toward", "against", "words", "delta")}
+        if args.html:
+            from common.files import atomic_write_text
+
+            try:
+                atomic_write_text(Path(args.html), render_html(texts, explanations))
+            except OSError as err:
+                raise FedSiloError(f"--html {args.html}: cannot write ({err.strerror})") from None
+    for row in rows:
         print(json.dumps(row, ensure_ascii=False))
+    if args.html:
+        print(f"fl-predict: wrote {args.html}", file=sys.stderr)
     return 0

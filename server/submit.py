@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common.config import RunConfig, write_run_config_toml
 from common.errors import FedSiloError
-from common.launch import app_dir, die_with_parent, flower_env, flower_script, write_flwr_home
+from common.files import atomic_write_json
+from common.launch import app_dir, die_with_parent, flower_env, flower_script, process_identity, write_flwr_home
+from server.live_status import LIVE_FILE
 
 # Flower's own chatter that says nothing to an operator of FedSilo.
 _NOISE = re.compile(r"configure_(fit|evaluate): strategy sampled|aggregate_(fit|evaluate): received|"
@@ -89,6 +93,12 @@ def submit_and_stream(cfg: RunConfig, run_dir: Path, flwr_home: Path, superlink:
         cmd += ["--federation-config", federation_config]
     summary_path = run_dir / "summary.json"
     summary_path.unlink(missing_ok=True)  # only this run's outcome counts
+    # Until the ServerApp keeps live.json (server/live_status.py), `fl-server status` sees the
+    # coordinator starting, not a stopped run.
+    atomic_write_json(run_dir / LIVE_FILE, {"coordinator": process_identity(os.getpid()), "phase": "starting",
+                                            "rounds": cfg.rounds, "min_sites": cfg.min_sites, "round": None,
+                                            "sites_connected": 0, "asked": 0, "replied": 0,
+                                            "updated_at": time.time()})
     log_path = run_dir / "logs" / "serverapp.log"
     log_path.parent.mkdir(exist_ok=True)
     display = Display(cfg.rounds, progress=simulation and not verbose)

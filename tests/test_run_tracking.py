@@ -15,9 +15,6 @@ import pytest
 from common.launch import free_port
 from tests.helpers import LABELS, assert_clean_error, run_cli, site_file, start, stop_all, wait_for_text
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
 @pytest.fixture(scope="module")
 def tracked_run(tiny_model, demo_dir, tmp_path_factory):
     """A finished two-round fl-sim run (DP on) with --tensorboard and --mlflow file:."""
@@ -131,26 +128,7 @@ def test_a_tracker_that_fails_mid_run_costs_a_warning_not_the_run(tracked_run, t
     assert (run_dir / "report.html").is_file()  # everything else went on
 
 
-# ------------------------------------------------------------------ report.html in a real browser
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("no Chromium here (make test installs Debian's chromium and chromium-driver when run as root)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    yield driver
-    driver.quit()
-
-
+# ------------------------------------------------------------------ report.html in a real browser (tests/conftest.py)
 def test_report_html_renders_its_plots_in_a_browser(tracked_run, browser):
     tmp, _ = tracked_run
     page = tmp / "run" / "report.html"
