@@ -24,7 +24,7 @@ from client.ledger import PrivacyLedger, default_ledger_path, fingerprint, hold_
 from client.redaction_count import count_in_child
 from client.site import DEFAULT_SITE_EVAL_FRACTION
 from client.site_limits import ALLOW_MODEL, CAPS
-from client.supernode_process import SessionMark, run_supernode
+from client.supernode_process import SessionMark, run_supernode, stop_running_supernode
 from client.supernode import DEFAULT_PULL_INTERVAL, PULL_ENV, SECRET_ENV
 from common import device as devices
 from common.audit import AuditLog, generate_key
@@ -242,22 +242,24 @@ def main(argv=None) -> int:
             if args.site_worker:
                 site_worker, worker_vars = worker.start(Path(tmp), env)
                 env.update(worker_vars)
-            watch = worker.Watch(site_worker)
+            watch = worker.Watch(site_worker, on_death=stop_running_supernode)
             print(f"fl-client: connecting to {server} ({'plaintext' if args.insecure else 'TLS, site key'}); "
                   f"runs only the FedSilo app {env[APPROVED_ENV][:16]}...", flush=True)
             try:
-                return run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
+                code = run_supernode(tls_args + ["--superlink", server, "--node-config", node_config,
                                                  "--port", str(args.port or free_port()),
                                                  "--max-wait-time", str(args.max_wait), *retries], env, server,
                                      args.max_wait, session)
-            except KeyboardInterrupt:
-                if watch.died is not None:
-                    raise FedSiloError(f"the site's training worker stopped (exit code {watch.died}); "
-                                       "this site left the federation: restart fl-client") from None
-                raise
+            except (KeyboardInterrupt, FedSiloError):
+                if watch.died is None:
+                    raise
             finally:
                 watch.closing = True
                 stop(site_worker)
+            if watch.died is not None:  # the watch stopped the SuperNode: the site leaves, saying why
+                raise FedSiloError(f"the site's training worker stopped (exit code {watch.died}); "
+                                   "this site left the federation: restart fl-client")
+            return code
 
 
 def privacy_status(privacy: SitePrivacy, ledger_path: Path, records, audit_key: Path, audit_log: Path) -> str:

@@ -110,6 +110,17 @@ def run_supernode(args: list[str], env: dict, server: str, max_wait: float,
     return 0
 
 
+_running: list[subprocess.Popen] = []  # the SuperNode now running, for stop_running_supernode
+
+
+def stop_running_supernode() -> None:
+    """Stop the SuperNode now running, from another thread (fl-client's worker watch): it signs
+    off, its output ends, and run_supernode returns."""
+    for proc in list(_running):
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
 def _supernode(args: list[str], env: dict, server: str) -> str | None:
     """Run one SuperNode until it stops; returns what ended it for good (None: a normal stop)."""
     # die_with_parent: if fl-client itself is killed (kill -9 of its process group, which does not
@@ -121,6 +132,7 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
                                  errors="replace", start_new_session=True, preexec_fn=die_with_parent,
                                  cwd=Path(env["FLWR_HOME"]).parent)
     fatal, attempts, held = None, 0, []
+    _running.append(supernode)
     try:
         for line in supernode.stdout:
             retry = RETRY.search(line)
@@ -155,6 +167,7 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
         else:
             sys.stdout.write("".join(held))  # a traceback the SuperNode's output ended in
     finally:
+        _running.remove(supernode)
         stop(supernode)
     if fatal:
         return fatal

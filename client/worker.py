@@ -81,12 +81,16 @@ def start(directory: Path, env: dict) -> tuple[subprocess.Popen, dict[str, str]]
 
 
 class Watch:
-    """Ends fl-client (SIGTERM to itself, so its SuperNode signs off) when the worker dies while
-    the site is connected: a site that cannot train should leave the federation and say why,
-    not fail every round. `died` holds the worker's exit code once that happened."""
+    """Ends fl-client's SuperNode (which signs off) when the worker dies while the site is
+    connected: a site that cannot train should leave the federation and say why, not fail every
+    round. `died` holds the worker's exit code once that happened; fl-client then says so.
 
-    def __init__(self, worker: subprocess.Popen | None):
-        self.worker, self.died, self.closing = worker, None, False
+    No signal to fl-client itself: one that lands while fl-client starts a process (inside the
+    fork's handlers, where Python drops the exception it raises) is lost. `on_death` is called
+    until fl-client is closing, so a SuperNode started just then is stopped too."""
+
+    def __init__(self, worker: subprocess.Popen | None, on_death=None):
+        self.worker, self.died, self.closing, self.on_death = worker, None, False, on_death
         if worker is not None:
             threading.Thread(target=self._wait, daemon=True).start()
 
@@ -95,12 +99,9 @@ class Watch:
         if self.closing:
             return
         self.died = code
-        # Repeated until fl-client acts on it: a signal that lands while fl-client starts a
-        # process (inside the fork's handlers, where Python ignores the exception it raises) is
-        # lost, and fl-client would run on without its worker.
-        while not self.closing:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(3)
+        while not self.closing and self.on_death is not None:
+            self.on_death()
+            time.sleep(1)
 
 
 def main() -> None:
