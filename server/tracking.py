@@ -91,7 +91,7 @@ class RunFollower:
 
     def _warn(self, what: str, err: Exception) -> None:
         if not self.warned:
-            print(f"fl-server: warning: {what} failed ({type(err).__name__}: {err}); the run goes on",
+            print(f"{Path(sys.argv[0]).name}: warning: {what} failed ({type(err).__name__}: {err}); the run goes on",
                   file=sys.stderr, flush=True)
         self.warned = True
 
