@@ -1,5 +1,5 @@
 # FedSilo: `make demo` runs a local federation, `make test` runs the test suite,
-# `make bench PROFILE=quick|full` the benchmarks (results in bench/results/PROFILE/).
+# `make bench PROFILE=quick|full` the benchmarks (results in bench/results/PROFILE/), `make bench-smoke` CI's short check of them.
 # Each sets up .venv on first use (CPU torch first, so pip never pulls a CUDA build).
 PY ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 PROFILE ?= quick
 
-.PHONY: setup browser demo test test-fast test-load bench bench-dp clean
+.PHONY: setup browser demo test test-fast test-load bench bench-smoke bench-dp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,12 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench: setup $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py --profile $(PROFILE)
+
+# CI's smoke test of the benchmark harness: three short benchmarks of the quick profile and the
+# summary, into a scratch folder (the committed results stay as they are). About 3 minutes.
+bench-smoke: setup
+	out=$$(mktemp -d) && $(BIN)/python bench/run.py --profile quick --only head_features,private_head,traffic --out $$out && \
+	  test -s $$out/SUMMARY.md && echo "bench-smoke: ok ($$out)"
 
 bench-dp: setup
 	$(BIN)/python bench/dp_speed.py
