@@ -25,6 +25,7 @@ BENCH = REPO / "bench"
 # (they stay runnable on their own: `make bench-dp`, `python bench/secagg_overhead.py`).
 SUITE = {
     "utility": ("quick", "full"),
+    "fairness": ("quick", "full"),
     "privacy_audit": ("quick", "full"),
     "redaction": ("quick", "full"),
     "head_features": ("quick", "full"),

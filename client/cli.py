@@ -31,6 +31,7 @@ from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
 from common.errors import FedSiloError, cli_entry
+from common.fairness import add_fairness_options, fairness_from_args
 from common.pki import make_node_key
 from common.launch import (
     flower_env,
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "message; each of a round's five messages waits for it (Flower: 3 s) "
                         f"[default: {DEFAULT_PULL_INTERVAL}]")
     add_privacy_options(p)
+    add_fairness_options(p)
     own = p.add_argument_group("what this site sends (the site's own limits; the server cannot raise them)")
     own.add_argument("--allow-unmasked-updates", action="store_true",
                      help="also train in rounds without secure aggregation, where the server sees this "
@@ -180,7 +182,8 @@ def main(argv=None) -> int:
     site, server, tls_args = connection(args)
     allowed = allowed_models(args.allow_model)
     data = Path(args.data).expanduser().resolve()
-    records = read_records(data, args.text_column, args.label_column)
+    fairness = fairness_from_args(args)
+    records = read_records(data, args.text_column, args.label_column, fairness.group_column)
     privacy = privacy_from_args(args)
     if args.redaction_config:
         entities = load_redaction_config(args.redaction_config)
@@ -199,6 +202,7 @@ def main(argv=None) -> int:
         generate_key(audit_key)
     AuditLog(audit_log, audit_key, f"site {site}")  # fail now on a log kept with another key or name
     print(f"fl-client: audit log {audit_log} (signed with {audit_key})", flush=True)
+    print(f"fl-client: fairness: {fairness.describe(records.groups)}", flush=True)
     print("fl-client: updates leave this site " + ("masked by SecAgg+, or in the clear in rounds the server runs "
           "without it (--allow-unmasked-updates)" if args.allow_unmasked_updates else
           "masked by SecAgg+ only (rounds without it are refused)"), flush=True)
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
             "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),
             "device": str(device),
             ALLOW_MODEL: "\n".join(allowed), **limits,
-            **privacy.to_node_config()}.items())
+            **privacy.to_node_config(), **fairness.to_node_config()}.items())
         with tempfile.TemporaryDirectory(prefix="fedsilo-site-") as tmp:
             # The SuperNode installs each run's app bundle under FLWR_HOME: a fresh private folder
             # per fl-client, never ~/.flwr/apps, whose cached folders it would run unchecked.

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from client.dp_random import SiteRandom
 from common.batching import Encoded, collate
+from common.errors import FedSiloError
 from common.model import optimizer_groups
 
 MICRO_BATCH = 32  # sequences per forward/backward inside one Poisson batch
@@ -99,13 +100,31 @@ def backward_private(module, optimizer, data: Encoded, idx: np.ndarray, pad_id: 
     params = optimizer.params
     if ghost:
         return _ghost_backward(module, optimizer, data, idx, pad_id, params)
-    return _hooks_backward(module, data, idx, pad_id, params)
+    loss = _hooks_backward(module, data, idx, pad_id, params)
+    if data.weights is not None and len(idx):
+        _weight_after_clipping(params, data.weights[idx], optimizer.max_grad_norm)
+    return loss
+
+
+def _weight_after_clipping(params, weights: np.ndarray, max_grad_norm: float) -> None:
+    """fairness-reweight: each record's per-example gradient clipped to max_grad_norm, then times
+    its weight (at most 1). Opacus clips again in step(), a no-op on these norms, so whatever the
+    weights, no record's contribution exceeds the bound the accountant assumes."""
+    grads = [p.grad_sample for p in params]
+    norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
+    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    factor = factor * torch.as_tensor(np.minimum(weights, 1.0), dtype=factor.dtype, device=factor.device)
+    for p in params:
+        p.grad_sample = p.grad_sample * factor.to(p.grad_sample.dtype).view(-1, *([1] * (p.grad_sample.dim() - 1)))
 
 
 def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int,
              ghost: bool = False, desc: str = "dp-train", head_lr: float | None = None) -> dict[str, float]:
     """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log).
     Takes no seed on purpose: noise and sampling are the site's own (module docstring)."""
+    if ghost and data.weights is not None:
+        raise FedSiloError("fairness-reweight under DP needs per-example gradients: use --trainable lora or head, "
+                           "not full (ghost clipping)")
     model.train()
     rng = SiteRandom()
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # dropout: not the server's either

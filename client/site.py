@@ -19,6 +19,7 @@ from client.ledger import default_ledger_path, fingerprint
 from common.config import RunConfig
 from common.data import LocalDetailError, Records, encode_labels, partition, read_records, split_train_eval
 from common.errors import FedSiloError
+from common.fairness import SiteFairness
 from common.privacy import SitePrivacy
 from common.redaction import ENTITY_TYPES, Redactor
 
@@ -31,6 +32,7 @@ class SiteData:
     name: str
     records: Records  # everything the site holds, as read: what its privacy ledger is bound to
     privacy: SitePrivacy  # the site's own DP and redaction settings
+    fairness: SiteFairness  # its group column, smallest reported group, mitigation
     ledger_path: Path
     audit_log: Path  # the site's signed audit trail
     audit_key: Path
@@ -48,8 +50,9 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     if "data-path" in node_config:
         name = str(node_config.get("site", "site"))
         data_path = Path(str(node_config["data-path"]))
+        fairness = SiteFairness.from_mapping(node_config)  # the site's, like its privacy settings
         try:
-            records = read_records(data_path, text_col, label_col)
+            records = read_records(data_path, text_col, label_col, fairness.group_column)
         except FedSiloError as err:  # its path, lines and column names stay on the site's console
             raise LocalDetailError(f"site {name}: its data file cannot be read", str(err)) from None
         # Deployment: privacy settings come from fl-client, never from the server's run config.
@@ -64,9 +67,10 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         name = f"sim-{pid}"
         stat = Path(cfg.sim_data).stat() if Path(cfg.sim_data).exists() else None
+        fairness = SiteFairness.from_mapping(cfg.to_flat(), prefix="sim-")
         everything, shares = _partitioned(str(cfg.sim_data), stat and (stat.st_mtime_ns, stat.st_size),
-                                          text_col, label_col, tuple(cfg.labels), parts, cfg.partition,
-                                          cfg.dirichlet_alpha, cfg.seed)
+                                          text_col, label_col, fairness.group_column, tuple(cfg.labels), parts,
+                                          cfg.partition, cfg.dirichlet_alpha, cfg.seed)
         records = everything.subset(shares[pid])
         privacy = SitePrivacy.from_mapping(cfg.to_flat(), prefix="sim-")
         state = Path(cfg.run_dir or ".").resolve() / "sites"
@@ -87,8 +91,8 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     else:
         fraction, split_seed = cfg.eval_fraction, cfg.seed
     train_idx, eval_idx = split_train_eval(len(records), fraction, split_seed)
-    clean = Records(texts, records.labels)
-    return SiteData(name, records, privacy, ledger, audit_log, audit_key, fit_counts, redactions,
+    clean = Records(texts, records.labels, records.groups)
+    return SiteData(name, records, privacy, fairness, ledger, audit_log, audit_key, fit_counts, redactions,
                     clean.subset(train_idx), labels[train_idx], clean.subset(eval_idx), labels[eval_idx])
 
 
@@ -101,12 +105,12 @@ def device_spec(run_config: dict, node_config: dict) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _partitioned(path: str, version, text_col: str, label_col: str, labels: tuple, parts: int, scheme: str,
-                 alpha: float, seed: int) -> tuple[Records, list[np.ndarray]]:
+def _partitioned(path: str, version, text_col: str, label_col: str, group_col: str, labels: tuple, parts: int,
+                 scheme: str, alpha: float, seed: int) -> tuple[Records, list[np.ndarray]]:
     """The simulation's data file and its split over the virtual sites, read once per process:
     one simulation worker serves many virtual sites, and each would otherwise read and split the
     whole file again (quadratic in the number of sites). `version` (mtime, size) keys a changed file."""
-    everything = read_records(path, text_col, label_col)
+    everything = read_records(path, text_col, label_col, group_col)
     return everything, partition(encode_labels(everything, labels, path), parts, scheme, alpha, seed)
 
 

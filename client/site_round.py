@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from common.batching import encode
 from common.config import RunConfig
 from common.data import LocalDetailError, print_local_detail
 from common.errors import FedSiloError
+from common.fairness import balancing_weights, group_confusions
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
 from common.privacy import DP_SGD, MECHANISM_KEYS, RELEASE, plan_run
 from common.updates import pack, unpack, update_problem
@@ -79,6 +81,9 @@ class SiteRound:
         self.limited = applies(node_config)  # a real site: it trains at most the run's rounds times
         loaded = time.perf_counter()
         self.train_data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length, self.site.train_labels)
+        if self.site.fairness.fairness_reweight:  # the mitigation: weights by (group, label) cell
+            self.train_data = replace(self.train_data,
+                                      weights=balancing_weights(self.site.train_labels, self.site.train.groups))
         self.eval_data = encode(self.tokenizer, self.site.eval.texts, self.cfg.max_length, self.site.eval_labels)
         # Paid by the first message of a run only; reported so a slow round can be explained.
         self.pending = {"time_load": loaded - started + run_model.take_load_seconds(),
@@ -247,9 +252,15 @@ class SiteRound:
         if self.limited:  # the server picks the model evaluated: at most one evaluation per planned round
             FitCounter(self.site.fit_counts, self.site.name, "evaluation").charge(self.run_id, self.cfg.rounds)
         started = time.perf_counter()
-        loss, confusion = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels))
-        # Aggregate counts only: the confusion matrix of the site's eval split.
-        return loss, len(data), {"site": self.site.name, "confusion": json.dumps(confusion.tolist()),
+        loss, confusion, predicted = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels), True)
+        # Aggregate counts only: the confusion matrix of the site's eval split and, with a group
+        # column, one per group of at least min-group-size records (common/fairness.py).
+        by_group = {}
+        if self.site.eval.groups is not None:
+            counts = group_confusions(self.site.eval_labels, predicted, self.site.eval.groups, len(self.cfg.labels),
+                                      self.site.fairness.min_group_size)
+            by_group = {"group_confusion": json.dumps({g: m.tolist() for g, m in counts.items()}, sort_keys=True)}
+        return loss, len(data), {"site": self.site.name, "confusion": json.dumps(confusion.tolist()), **by_group,
                                  **self._setup_seconds(),
                                  "time_evaluate": round(time.perf_counter() - started, 3)}
 

@@ -30,7 +30,11 @@ def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
             batch = collate(data, idx, pad_id, device)
             labels = batch.pop("labels")
             logits = model(**batch).logits
-            loss = F.cross_entropy(logits, labels)
+            if data.weights is None:
+                loss = F.cross_entropy(logits, labels)
+            else:  # --fairness-reweight: each record's (group, label) weight (common/fairness.py)
+                weights = torch.as_tensor(data.weights[idx], dtype=logits.dtype, device=logits.device)
+                loss = (F.cross_entropy(logits, labels, reduction="none") * weights).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -52,11 +56,14 @@ def predict_logits(model, data: Encoded, pad_id: int, batch_size: int = 64) -> n
     return out
 
 
-def evaluate_local(model, data: Encoded, pad_id: int, num_labels: int) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and the confusion matrix (rows: true class, columns: predicted)."""
+def evaluate_local(model, data: Encoded, pad_id: int, num_labels: int,
+                   predictions: bool = False) -> tuple:
+    """Mean cross-entropy and the confusion matrix (rows: true class, columns: predicted); with
+    `predictions`, each record's predicted class too (for the counts by group, kept at the site)."""
     logits = predict_logits(model, data, pad_id)
     labels = data.labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(confusion, (labels, logits.argmax(axis=1)), 1)
-    return loss, confusion
+    predicted = logits.argmax(axis=1)
+    np.add.at(confusion, (labels, predicted), 1)
+    return (loss, confusion, predicted) if predictions else (loss, confusion)

@@ -16,6 +16,7 @@ import torch
 class Encoded:
     ids: list[list[int]]  # token ids per text, truncated, unpadded
     labels: np.ndarray | None
+    weights: np.ndarray | None = None  # per-record loss weights in (0, 1] (fairness-reweight), or none
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -105,6 +105,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
            minimum=0.0, maximum=1e9),
     Option("audit-key", str, "", "Key that signs the coordinator's audit log; empty = a key made "
            "in the run directory (fl-server --federation uses the federation's server key)."),
+    Option("max-fairness-gap", float, 0.0, "Alert (round line, metrics, report, model card) when the "
+           "equalized-odds or demographic-parity difference between the sites' groups exceeds this; "
+           "0 = no alert. Needs sites with a group column.", minimum=0.0, maximum=1.0),
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
     Option("sim-device", str, "auto", "Simulation only: where every virtual site computes (auto, cpu "
            "or cuda: the GPU share Ray gives it with fl-sim --gpus-per-site)."),
@@ -135,9 +138,21 @@ SITE_PRIVACY_OPTIONS: tuple[Option, ...] = (
     Option("redact-entities", str, "", "Comma-separated entity types to redact; empty = all "
            "(NAME, EMAIL, PHONE, DATE, ID, ADDRESS, IBAN, CARD, IP, URL, MRN, SSN)."),
 )
+# A site's fairness settings (common/fairness.py), set the same way: fl-client --KEY, fl-sim sim-KEY.
+SITE_FAIRNESS_OPTIONS: tuple[Option, ...] = (
+    Option("group-column", str, "", "Column naming each record's group (a protected attribute, a ward, "
+           "a region). Never trained on: the site reports confusion counts per group of its evaluation "
+           "split, never a group per record. Empty = no group report."),
+    Option("min-group-size", int, 10, "Groups with fewer evaluation records are merged into 'other', "
+           "and 'other' is left out while it is still smaller: no reported count covers fewer records.",
+           minimum=2, maximum=1_000_000),
+    Option("fairness-reweight", bool, False, "Mitigation: weight each training record by its (group, "
+           "label) cell, min(1, median cell size / its cell's size); under DP-SGD after clipping, so the "
+           "guarantee is unchanged. Needs group-column."),
+)
 RUN_OPTIONS += tuple(
     Option(f"sim-{opt.key}", opt.type, opt.default, f"Simulation only, every virtual site: {opt.help}",
-           opt.choices, opt.minimum, opt.maximum) for opt in SITE_PRIVACY_OPTIONS)
+           opt.choices, opt.minimum, opt.maximum) for opt in SITE_PRIVACY_OPTIONS + SITE_FAIRNESS_OPTIONS)
 OPTIONS_BY_KEY = {opt.key: opt for opt in RUN_OPTIONS}
 
 # Learning rate by (trainable set, DP at the site): DP-SGD needs a larger one (noisy, clipped
@@ -195,6 +210,10 @@ class RunConfig:
     sim_accountant: str = "prv"
     sim_redact: bool = True
     sim_redact_entities: str = ""
+    sim_group_column: str = ""
+    sim_min_group_size: int = 10
+    sim_fairness_reweight: bool = False
+    max_fairness_gap: float = 0.0
     audit_key: str = ""
 
     @property

@@ -55,16 +55,20 @@ def print_local_detail(err: Exception) -> None:
 class Records:
     texts: list[str]
     labels: list[str]  # label names as written in the file
+    groups: list[str] | None = None  # each record's group (--group-column): counted, never trained on
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx) -> "Records":
-        return Records([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+        return Records([self.texts[i] for i in idx], [self.labels[i] for i in idx],
+                       None if self.groups is None else [self.groups[i] for i in idx])
 
 
-def read_records(path: str | Path, text_column: str = "text", label_column: str = "label") -> Records:
-    """Read a labelled text file; every problem is one FedSiloError naming the file (and line)."""
+def read_records(path: str | Path, text_column: str = "text", label_column: str = "label",
+                 group_column: str = "") -> Records:
+    """Read a labelled text file (with `group_column`, each record's group too); every problem is
+    one FedSiloError naming the file (and line)."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -73,14 +77,17 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
     if text_column == label_column:
         raise FedSiloError(f"the text column and the label column are both {text_column!r}; "
                            "they must be two different columns")
+    if group_column in (text_column, label_column):
+        raise FedSiloError(f"the group column {group_column!r} is also the text or label column")
+    columns = (text_column, label_column, *((group_column,) if group_column else ()))
     lines = _read_lines(path)
     if not any(line.strip() for line in lines):
         raise FedSiloError(f"{path}: data file is empty")
     rows = (_parse_jsonl(path, lines) if fmt == "jsonl"
-            else _parse_delimited(path, lines, fmt, (text_column, label_column)))
-    texts, labels = [], []
+            else _parse_delimited(path, lines, fmt, columns))
+    texts, labels, groups = [], [], []
     for line_no, row in rows:
-        for column in (text_column, label_column):
+        for column in columns:
             if column not in row:
                 raise FedSiloError(f"{path}:{line_no}: missing column {column!r} "
                                    f"(found: {', '.join(map(str, row)) or 'none'})")
@@ -91,9 +98,21 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
             raise FedSiloError(f"{path}:{line_no}: empty or invalid label in column {label_column!r}")
         texts.append(text)
         labels.append(str(label).strip())
+        if group_column:
+            groups.append(_group(row[group_column], path, line_no, group_column))
     if not texts:
         raise FedSiloError(f"{path}: no records (only a header?)")
-    return Records(texts, labels)
+    return Records(texts, labels, groups if group_column else None)
+
+
+def _group(value, path: Path, line_no: int, column: str) -> str:
+    """A record's group: a short plain name (it is shown in reports once enough records share it)."""
+    from common.fairness import valid_group_name
+
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not valid_group_name(str(value).strip()):
+        raise FedSiloError(f"{path}:{line_no}: the group in column {column!r} is empty or not a plain name "
+                           "(letters, digits, space, '_', '.', '-'; at most 64 characters)")
+    return str(value).strip()
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -129,7 +148,7 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _parse_delimited(path: Path, lines: list[str], fmt: str, columns: tuple[str, str]):
+def _parse_delimited(path: Path, lines: list[str], fmt: str, columns: tuple[str, ...]):
     # TSV files in the wild (and in shared/data) are unquoted: a leading '"' is text, not quoting.
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     delimiter = "\t" if fmt == "tsv" else ","

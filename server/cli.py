@@ -64,7 +64,7 @@ _RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs"
              "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",
              "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "server-learning-rate",
-             "server-momentum", "max-update-norm")
+             "server-momentum", "max-update-norm", "max-fairness-gap")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,12 +75,39 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
                      f"{s['report'].get('macro avg', {}).get('f1-score', float('nan')):.3f}"]
                     for name, s in sorted(report["sites"].items())]
         sections.append(("Per-site metrics", (["site", "accuracy", "macro-F1"], per_site)))
+        sections += fairness_sections(report, cfg.labels, cfg.max_fairness_gap)
     sections += [
+        ("Explanations", "Token attributions for any prediction of this model (Integrated Gradients, Captum): "
+                         "fl-predict RUN_DIR --text TEXT --explain [--html FILE]; an example page and how to "
+                         "read it: docs/explanations.md."),
         ("Audit", f"Coordinator audit log {summary.get('audit_log')}, chain head {summary.get('audit_head')}; "
                   f"final model digest {summary.get('final_model_digest')}. Check with: fl-audit verify LOG."),
         ("Known limitations", LIMITATIONS),
     ]
     return sections
+
+
+def fairness_sections(report: dict, labels: tuple[str, ...], max_gap: float) -> list[tuple[str, object]]:
+    """Per-group metrics of the last round (sites with a group column), its gaps and any alert."""
+    fed = (report.get("fairness") or {}).get("federated")
+    if not fed:
+        return [("Fairness", "No site reported groups (fl-client --group-column): no per-group figures.")]
+    cell = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    header = ["group", "records", "accuracy", *(f"{k} {name}" for name in labels for k in ("TPR", "FPR"))]
+    rows = [[g, str(int(m["records"])), cell(m["accuracy"]),
+             *(cell(m[f"{k}/{name}"]) for name in labels for k in ("tpr", "fpr"))] for g, m in fed["groups"].items()]
+    gaps = fed["gaps"]
+    notes = [f"Equalized-odds difference (largest TPR or FPR gap between groups, any class): "
+             f"{cell(gaps['equalized_odds_difference'])}",
+             f"Demographic-parity difference (largest selection-rate gap): {cell(gaps['demographic_parity_difference'])}",
+             f"Worst group: {gaps['worst_group']}, accuracy {cell(gaps['worst_group_accuracy'])}",
+             "Groups are counted at each site on its held-out split; a site merges groups of fewer than its "
+             "min-group-size records into 'other' (metrics by fairlearn's MetricFrame on the summed counts)."]
+    alert = report["fairness"].get("alert")
+    notes.append(f"ALERT: {alert}" if alert else
+                 (f"No gap above max-fairness-gap {max_gap:g}." if max_gap else "No alert threshold set (--max-fairness-gap)."))
+    return [(f"Fairness by group (all sites' eval splits, round {report['round']})", (header, rows)),
+            ("Fairness gaps", notes)]
 
 
 def server_step(cfg: RunConfig) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.metrics import classification_report
 
 from common.errors import printable
+from server.fairness_round import fairness_text
 from server.site_reports import MAX_TEXT
 
 
@@ -58,6 +59,8 @@ def round_line(record: dict, rounds: int) -> str:
     name = lambda n: printable(str(n), 100)  # noqa: E731 - names are checked already; a line stays a line
     if record.get("site_accuracy"):
         parts.append("sites " + " ".join(f"{name(n)}={a:.3f}" for n, a in record["site_accuracy"].items()))
+    if fairness := fairness_text(record):
+        parts.append(fairness)
     fit = dict(sorted(record.get("fit", {}).items()))
     eps = {n: f["epsilon"] for n, f in fit.items() if f.get("dp")}
     if eps:

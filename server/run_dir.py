@@ -177,6 +177,7 @@ class RunDir:
                           labels: tuple[str, ...], record: dict) -> None:
         # Imported here: scikit-learn takes seconds to import, and fl-server / fl-sim should refuse
         # bad input without that wait (only the ServerApp writes reports).
+        from server.fairness_round import fairness_lines
         from server.report import report_dict, report_text
 
         report = {
@@ -184,12 +185,14 @@ class RunDir:
             "federation": {"confusion": total.tolist(), "report": report_dict(total, labels)},
             "sites": {name: {"confusion": c.tolist(), "report": report_dict(c, labels)}
                       for name, c in sorted(per_site.items())},
+            **({"fairness": record["fairness"]} if record.get("fairness") else {}),
         }
         atomic_write_json(self.path / "reports" / f"round-{server_round:04d}.json", report)
         text = [f"Classification report after round {server_round}", "",
                 "== federation (all sites' eval splits) ==", report_text(total, labels)]
         for name, c in sorted(per_site.items()):
             text += [f"== site {name} ==", report_text(c, labels)]
+        text += fairness_lines(record.get("fairness"), labels)
         atomic_write_text(self.path / "report.txt", "\n".join(text))
         append_jsonl(self.path / "metrics.jsonl", record)
 
@@ -280,7 +283,7 @@ def read_run_options(run_dir: Path, tool: str | None = "fl-server") -> dict:
 EARLIER_STATE = ("state.json", "sites.json", "superlink.db", "superlink.db-wal", "superlink.db-shm")
 
 # Options that may differ when a run is resumed.
-RESUMABLE_CHANGES = ("round-timeout",)
+RESUMABLE_CHANGES = ("round-timeout", "max-fairness-gap")
 
 
 def _round_of(line: str) -> int:

@@ -10,6 +10,7 @@ from common.cliparse import Parser
 from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
 from common.errors import FedSiloError, cli_entry
+from common.fairness import add_fairness_options, fairness_from_args
 from common.launch import (coordinator_env, flower_env, flower_script, free_port, private_flwr_home, spawn, stop,
                            wait_for_port)
 from common.model import check_model
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
     add_run_options(p, keys=[o.key for o in RUN_OPTIONS if not o.key.startswith("sim-")])
     add_privacy_options(p)
+    add_fairness_options(p)
     add_tracking_options(p)
     return p
 
@@ -62,16 +64,20 @@ def main(argv=None) -> int:
     data = Path(args.data).expanduser().resolve()
     text_col = args.text_column or "text"
     label_col = args.label_column or "label"
-    records = read_records(data, text_col, label_col)  # fail here, not in N subprocesses
+    fairness = fairness_from_args(args)
+    records = read_records(data, text_col, label_col, fairness.group_column)  # fail here, not in N subprocesses
     labels = args.labels or ",".join(label_set_of(records))
     run_dir = Path(args.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     absolute_local_paths(args)
     overrides = {"sim-data": str(data), "sim-device": resources.device, "labels": labels, "run-dir": str(run_dir),
-                 **{f"sim-{k}": v for k, v in privacy_from_args(args).to_node_config().items()}}
+                 **{f"sim-{k}": v for k, v in (privacy_from_args(args).to_node_config()
+                                               | fairness.to_node_config()).items()}}
     if args.min_sites is None:
         overrides["min-sites"] = args.sites  # every virtual site is always there
     cfg = run_config_from_args(args, **overrides)
     cfg.require_labels()
+    if fairness.fairness_reweight and cfg.sim_dp and cfg.trainable == "full":
+        raise FedSiloError("--fairness-reweight under DP needs per-example gradients: --trainable lora or head")
     if cfg.min_sites > args.sites:
         raise FedSiloError(f"--min-sites {cfg.min_sites} is more than --sites {args.sites}")
     if args.sites > len(records):

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.errors import printable
+from common.fairness import MAX_GROUPS, valid_group_name
 from common.privacy import ACCOUNTANT_NAMES, MECHANISM_NAMES
 from common.redaction import ENTITY_TYPES
 
@@ -28,7 +29,7 @@ FIT_FIELDS = frozenset({"site", "records", "eval_records", "redactions", "dp", "
                         "accountant", "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
                         "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib",
                         "ray_node"})
-EVAL_FIELDS = frozenset({"site", "confusion", "time_load", "time_tokenise", "time_evaluate"})
+EVAL_FIELDS = frozenset({"site", "confusion", "group_confusion", "time_load", "time_tokenise", "time_evaluate"})
 # What the coordinator keeps of each site's last fit report (state.json, the summary, the card).
 PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions",
                 "mechanisms")
@@ -188,6 +189,24 @@ def confusion_matrix(text, k: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(k, k)
 
 
+def group_confusions(text, k: int, confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """A site's confusion matrices by group: a JSON object of at most MAX_GROUPS plain group names
+    to k x k counts, which together count no more than the site's whole matrix does, cell by cell."""
+    one = 2 + k * (2 + k * (len(str(MAX_RECORDS)) + 2))
+    groups = _json(text, "group_confusion", MAX_GROUPS * (one + 72), 3)
+    if not isinstance(groups, dict) or len(groups) > MAX_GROUPS:
+        raise Malformed("group_confusion", f"not a JSON object of at most {MAX_GROUPS} groups")
+    out, total = {}, np.zeros((k, k), dtype=np.int64)
+    for name, rows in groups.items():
+        if not valid_group_name(name):
+            raise Malformed("group_confusion", "a group name that is not a plain name")
+        out[name] = confusion_matrix(json.dumps(rows), k)
+        total += out[name]
+    if (total > confusion).any():
+        raise Malformed("group_confusion", "the groups count more records than the site's confusion matrix")
+    return out
+
+
 # ----------------------------------------------------------------------------- reports
 _CHECKS = {
     "records": lambda v, f: _int(v, f, 0, MAX_RECORDS),
@@ -257,14 +276,18 @@ def evaluate_report(metrics, num_examples, loss, k: int) -> tuple[dict, np.ndarr
     site holds out no records); raises Malformed."""
     _int(num_examples, "num_examples", 0, MAX_RECORDS)
     _number(loss, "loss", -1e9, 1e9, nan_ok=True)
-    clean = _checked(metrics, EVAL_FIELDS, skip=("confusion",))  # parsed below, bounded first
+    clean = _checked(metrics, EVAL_FIELDS, skip=("confusion", "group_confusion"))  # parsed below, bounded first
     if "confusion" not in metrics:
         if num_examples:
             raise Malformed("confusion", f"missing for {num_examples} evaluated records")
+        if "group_confusion" in metrics:
+            raise Malformed("group_confusion", "counts by group without a confusion matrix")
         return clean, None
     confusion = confusion_matrix(metrics["confusion"], k)
     if int(confusion.sum()) != num_examples:
         raise Malformed("confusion", f"counts {int(confusion.sum())} records, the reply says {num_examples}")
+    if "group_confusion" in metrics:  # dict of group -> matrix, for server/fairness_round.py
+        clean["group_confusion"] = group_confusions(metrics["group_confusion"], k, confusion)
     return clean, confusion
 
 

@@ -36,6 +36,7 @@ from common.config import RunConfig
 from common.errors import FedSiloError, printable
 from common.model import weights_digest
 from common.updates import pack, unpack, update_problem
+from server.fairness_round import GroupCounts
 from server.report import report_dict, round_line
 from server.head_init import release_shapes, with_solved_head
 from server.run_dir import RunDir
@@ -44,7 +45,6 @@ from server.site_reports import (Malformed, claimed, evaluate_report, failure_te
                                  resumed_privacy)
 
 REFUSALS = ("privacy budget exhausted", "app not approved")
-
 SITE_POLL_S = 0.5  # how often a round that waits for sites asks the SuperLink who is connected
 
 
@@ -355,7 +355,7 @@ class FedSiloStrategy(FedAvg):
         total = np.zeros((k, k), dtype=np.int64)
         per_site: dict[str, np.ndarray] = {}
         timings: dict[str, dict[str, float]] = {}  # seconds each site spent, by step
-        used, malformed = [], []  # replies whose report passed server/site_reports.py; the others named
+        used, malformed, groups = [], [], GroupCounts()  # checked replies (server/site_reports.py), the others
         for proxy, res in results:
             try:
                 clean, confusion = evaluate_report(res.metrics, res.num_examples, res.loss, k)
@@ -368,6 +368,7 @@ class FedSiloStrategy(FedAvg):
             name = self.site_name(proxy, clean)
             per_site[name] = confusion
             total += confusion
+            groups.add(name, clean)
             timings[name] = {key: v for key, v in clean.items() if key.startswith("time_")}
         for text in malformed:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
@@ -386,6 +387,7 @@ class FedSiloStrategy(FedAvg):
             "seconds": round(time.monotonic() - self._round_start, 2),
             "status": "failed" if server_round in self.failed_rounds else "ok",
             "failed_reason": self.failed_rounds.get(server_round),
+            **groups.record(self.cfg.labels, self.cfg.max_fairness_gap),
         })
         self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
         self._audit_round(server_round, record)

@@ -30,6 +30,7 @@ ALLOW_MODEL = "allow-model"  # the base models the site's operator allows (fl-cl
 
 PII_ROW = "Dear bank, my name is Mary Johnson, email mary.johnson@example.com, my card was declined."
 SITES = {2**40 + 7919 * i: name for i, name in enumerate("ABC")}  # node id -> site (Flower's ids are large)
+GROUP_COLUMN, RARE_GROUP = "ward", "rare_ward"  # every site reports by ward (fl-client --group-column)
 
 
 @dataclass
@@ -52,11 +53,17 @@ class Round:
 
 
 def site_files(demo_dir, tmp_path) -> dict[str, object]:
+    """Each site's demo rows with a group column (GROUP_COLUMN): 'north' and 'south', and at site A
+    a few records (the PII row among them) of RARE_GROUP, too small ever to be reported."""
     files = {}
     for name in SITES.values():
-        rows = (demo_dir / f"site-{name}.tsv").read_text().splitlines()
+        header, *rows = (demo_dir / f"site-{name}.tsv").read_text().splitlines()
+        rows += [f"{PII_ROW}\tcard"] if name == "A" else []
+        wards = [RARE_GROUP if name == "A" and (i < 3 or i == len(rows) - 1) else ("north", "south")[i % 2]
+                 for i in range(len(rows))]
         files[name] = tmp_path / f"site-{name}.tsv"
-        files[name].write_text("\n".join(rows + ([f"{PII_ROW}\tcard"] if name == "A" else [])) + "\n")
+        files[name].write_text("\n".join([f"{header}\t{GROUP_COLUMN}"] + [f"{r}\t{w}" for r, w in zip(rows, wards)])
+                               + "\n")
     return files
 
 
@@ -75,7 +82,7 @@ def run_round(tiny_model, demo_dir, tmp_path, secure: bool, consent: bool = True
                                "min-sites": 3, "round-timeout": 120.0, "secure-aggregation": secure,
                                "run-dir": str(tmp_path / "run"), "head-init": head_init,
                                "trainable": trainable})
-    extra = {ALLOW_MODEL: str(tiny_model)}
+    extra = {ALLOW_MODEL: str(tiny_model), "group-column": GROUP_COLUMN}
     if not secure and consent:  # SecAgg+ must not need the consent
         extra[ALLOW_UNMASKED] = True
     grid = InProcessGrid(client_app, {nid: node_config(name, files[name], tmp_path, dp, **extra)

@@ -7,7 +7,8 @@ site correlates with that site's update, yet the server ends up with the sites' 
 update, exact up to SecAgg+'s quantisation (not exact: a run where SecAgg+ did not run fails).
 With or without it, no reply carries raw or redacted text, token ids or per-example values:
 only the update (plain) or the masked vector and key material (SecAgg+), and the few scalar
-fields the README lists. `what_leaks` is the adversary's check; a self-test plants leaks in
+fields the README lists; counts by group (the sites report by ward) only for groups of at least
+min-group-size records, never a group per record nor the name of a smaller group. `what_leaks` is the adversary's check; a self-test plants leaks in
 copies of real replies and requires that it flags each one.
 """
 
@@ -30,13 +31,15 @@ from common.model import load_tokenizer
 from server.secure_aggregation import SECAGG_CLIP, SECAGG_MAX_WEIGHT, SECAGG_QUANTIZATION
 from tests.helpers import LABELS
 from tests.inprocess_grid import wire
-from tests.site_rounds import PII_ROW, SITES, Round, run_round
+from common.fairness import MIN_GROUP_SIZE
+from tests.site_rounds import PII_ROW, RARE_GROUP, SITES, Round, run_round
 
 # Every metric a site may send, as the README's "What leaves a site" table lists them.
 FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", "delta", "budget", "accountant",
               "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
               "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib", "ray_node"}
-EVAL_FIELDS = {"site", "confusion", "time_load", "time_tokenise", "time_evaluate"}
+EVAL_FIELDS = {"site", "confusion", "group_confusion", "time_load", "time_tokenise", "time_evaluate"}
+WARDS = ("north", "south", RARE_GROUP)  # the group values in the sites' files (tests/site_rounds.py)
 MAX_CORRELATION = 0.1  # |r| over 2,180 values: a masked vector gives ~0.02, the update itself 1.0
 
 
@@ -90,6 +93,13 @@ def what_leaks(reply, rnd: Round) -> list[str]:
                             int_lists.append((f"{where} as {np.dtype(dtype)}", np.frombuffer(v, dtype).tolist()))
     grams = {" ".join(t.split()[i:i + 3]) for t in rnd.texts for i in range(max(1, len(t.split()) - 2))}
     for where, text in strings:
+        if RARE_GROUP in text:
+            problems.append(f"{where}: the name of a group too small to report")
+        if any(text.count(ward) > 1 for ward in WARDS):
+            problems.append(f"{where}: group values per record")
+        if where.endswith("[group_confusion]"):
+            small = [g for g, m in json.loads(text).items() if np.sum(m) < MIN_GROUP_SIZE]
+            problems += [f"{where}: a count of fewer than {MIN_GROUP_SIZE} records" for _ in small]
         int_lists.append((f"{where} (its numbers)", [int(x) for x in re.findall(r"-?\d+", text)]))
         words = text.split()
         hits = {" ".join(words[i:i + 3]) for i in range(len(words))} & grams
@@ -185,6 +195,10 @@ def test_plain_round_sends_one_update_vector_and_the_listed_fields(plain_round):
         confusion = np.array(json.loads(ev.config_records["evaluateres.metrics"]["confusion"]))
         assert confusion.shape == (4, 4) and confusion.sum() == ev.metric_records["evaluateres.num_examples"][
             "num_examples"]
+        # Counts by ward: at most one matrix per reported group, never more records than the whole
+        groups = json.loads(ev.config_records["evaluateres.metrics"]["group_confusion"])
+        assert groups and set(groups) <= {"north", "south", "other"}, groups
+        assert (np.sum([np.array(m) for m in groups.values()], axis=0) <= confusion).all()
         # The adversary finds the update itself (unmasked, as expected without SecAgg+: r = 1 with the
         # site's own, and the sites' updates correlate with each other) and nothing else.
         found = sum((what_leaks(m, rnd) for m in rnd.replies(name)), [])
@@ -274,6 +288,10 @@ def test_the_adversary_flags_planted_leaks(secure_round):
             "x", np.asarray(ids[2:9], np.int64).tobytes())),
         "token ids in an array": (ev, lambda c: c.__setitem__("extra", ArrayRecord(
             {"0": Array(np.asarray(ids, np.int64))}))),
+        "a small group's count": (ev, lambda c: c.config_records[metrics].__setitem__(
+            "group_confusion", json.dumps({"north": np.eye(4, dtype=int).tolist()}))),
+        "a small group's name": (ev, lambda c: c.config_records[metrics].__setitem__("x", f"{RARE_GROUP}: 3")),
+        "group values per record": (ev, lambda c: c.config_records[metrics].__setitem__("x", "north,south,north")),
         "per-example losses": (ev, lambda c: c.metric_records["evaluateres.loss"].__setitem__(
             "losses", [0.5, 1.25, 0.75])),
         "per-example logits": (ev, lambda c: c.__setitem__("extra", ArrayRecord(

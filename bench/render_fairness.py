@@ -1,0 +1,30 @@
+"""bench/README.md's section for bench/fairness.py: per-group accuracy and gaps by arm."""
+
+from __future__ import annotations
+
+from render_common import fmt, table
+
+GAPS = [("worst_group_accuracy", "worst-group accuracy"), ("equalized_odds_difference", "equalized-odds diff."),
+        ("demographic_parity_difference", "demographic-parity diff."), ("accuracy_difference", "accuracy gap")]
+
+
+def fairness_md(d: dict, plots: list[str]) -> list[str]:
+    summary = d["summary"]
+    arms = [s["arm"] for s in summary]
+    md = [f"HateCheck, {d['setup']['sites']} sites, test file scored per target group; ε = {d['setup']['epsilon']:g} "
+          f"per site for the DP arms; mean over {max((s['seeds'] for s in summary), default=0)} seed(s).", ""]
+    md += table(["arm", "seeds", "accuracy", "macro-F1", *(label for _, label in GAPS)],
+                [[s["arm"], s["seeds"], fmt(s["accuracy"], 3), fmt(s["macro_f1"], 3), *(fmt(s[k], 3) for k, _ in GAPS)]
+                 for s in summary])
+    groups = d["setup"]["test_groups"]
+    by_arm = {s["arm"]: s["group_accuracy"] for s in summary}
+    extra = []
+    if {"no DP", "DP"} <= set(by_arm):
+        extra.append(("DP's cost (no DP − DP)", lambda g: by_arm["no DP"][g] - by_arm["DP"][g]))
+    if {"DP", "DP, reweighted"} <= set(by_arm):
+        extra.append(("reweighting under DP (after − before)", lambda g: by_arm["DP, reweighted"][g] - by_arm["DP"][g]))
+    md += ["", "Accuracy by group (test file):", ""]
+    md += table(["group", "test records", *arms, *(name for name, _ in extra)],
+                [[g, n, *(fmt(by_arm[a].get(g), 3) for a in arms), *(f"{f(g):+.3f}" for _, f in extra)]
+                 for g, n in groups.items()])
+    return md + [f"![plot]({p})" for p in plots]
