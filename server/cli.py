@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.html (plots of the rounds; a run writes it "
                                            "after every round by itself)")
     report.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    report.add_argument("--compare", metavar="OTHER_RUN_DIR",
+                        help="a finished run of the same sites (e.g. without DP): each group's accuracy in both, "
+                             "side by side, added to report.html and the model card (sites need --group-column)")
     return p
 
 
@@ -166,7 +169,15 @@ def main(argv=None) -> int:
         from server.html_report import write_report
         from server.run_status import RunView
 
-        print(f"fl-server: wrote {write_report(RunView(args.run_dir))}")
+        compared = None
+        if args.compare:
+            from server.fairness_compare import comparison, rewrite_card
+
+            compared = comparison(Path(args.run_dir).expanduser().resolve(), Path(args.compare).expanduser().resolve())
+            heading, table, notes = compared
+            rewrite_card(Path(args.run_dir).expanduser().resolve(), [(heading, table), (heading + ": gaps", notes)])
+            print(f"fl-server: model card written again with '{heading}'")
+        print(f"fl-server: wrote {write_report(RunView(args.run_dir), compared)}")
         return 0
     return run(args)
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from common.files import atomic_write_text
+from server.fairness_round import fairness_lines
 from server.run_status import RunView, status_lines
 
 REPORT_FILE = "report.html"
@@ -89,7 +90,7 @@ def _figures(view: RunView) -> list[tuple[str, str]]:
     return out
 
 
-def render(view: RunView) -> str:
+def render(view: RunView, compared: tuple | None = None) -> str:
     e = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>FedSilo run report: {e(view.path.name)}</title>",
@@ -110,6 +111,16 @@ def render(view: RunView) -> str:
             parts.append(f"<tr><td>{r['round']}</td><td>{e(str(r.get('status', '')))}</td><td>{acc}</td><td>{f1}</td>"
                          f"<td>{e(', '.join(sorted(map(str, r.get('fit') or {}))))}</td><td>{r.get('seconds', '')}</td></tr>")
         parts.append("</table>")
+    fairness = next((r["fairness"] for r in reversed(view.rounds) if r.get("fairness")), None)
+    if fairness:  # the latest round with counts by group (docs/fairness.md)
+        labels = tuple(str(x) for x in view.config.get("labels") or ())
+        parts.append("<h2>Fairness by group (latest round)</h2><pre id=\"fairness\">"
+                     + e("\n".join(fairness_lines(fairness, labels))) + "</pre>")
+    if compared:  # fl-server report --compare OTHER (server/fairness_compare.py)
+        heading, (header, rows), notes = compared
+        parts.append(f"<h2>{e(heading)}</h2><table id=\"compare\"><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+                     + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+                     + "</table><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     privacy = (view.summary or {}).get("privacy") or {}
     if privacy:
         parts.append("<h2>Privacy (what each site reported of itself)</h2><ul>"
@@ -120,5 +131,5 @@ def render(view: RunView) -> str:
     return "\n".join(parts)
 
 
-def write_report(view: RunView) -> Path:
-    return atomic_write_text(view.path / REPORT_FILE, render(view))
+def write_report(view: RunView, compared: tuple | None = None) -> Path:
+    return atomic_write_text(view.path / REPORT_FILE, render(view, compared))

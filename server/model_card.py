@@ -117,8 +117,12 @@ def server_step(cfg: RunConfig) -> str:
     return rule + (f", server learning rate {cfg.server_learning_rate:g}" if cfg.server_learning_rate != 1.0 else "")
 
 
-def write_model_card(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict]) -> None:
+def write_model_card(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict],
+                     extra: list[tuple[str, object]] = ()) -> None:
+    """extra: sections added after the fairness ones (fl-server report --compare)."""
     sections = card_sections(run_dir, cfg, summary, sites)
+    at = next((i for i, (h, _) in enumerate(sections) if h == "Explanations"), len(sections))
+    sections[at:at] = list(extra)
     atomic_write_text(run_dir / "MODEL_CARD.md", to_markdown(sections))
     atomic_write_text(run_dir / "model_card.html", to_html(sections))
 

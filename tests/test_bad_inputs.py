@@ -236,6 +236,10 @@ CASES = [
     case("fl-sim", sim("--labels", LABELS, data_file=data("mortgage.tsv", GOOD + "b\tmortgage\n")),
          "'mortgage' not in the run's label set", "data-label-outside-label-set"),
     case("fl-sim", sim("--sites", "50"), "has only 20 records", "data-fewer-records-than-sites"),
+    case("fl-client", client("--group-column", "ward"), "missing column 'ward'", "data-group-column-missing"),
+    case("fl-client", client("--group-column", "ward", data_file=data("ward.tsv", "text\tlabel\tward\nhi\tcard\t<b>\n")),
+         "ward.tsv:2: the group in column 'ward' is empty or not a plain name", "data-group-value-not-a-name"),
+    case("fl-client", client("--fairness-reweight"), "fairness-reweight needs group-column", "config-reweight-without-groups"),
 
     # -------------------------------------------------------------------- configuration
     case("fl-server", server("--insecure", "--labels", LABELS, "--rounds", "abc"),

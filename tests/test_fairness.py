@@ -190,7 +190,8 @@ def test_site_counts_by_group_match_its_own_predictions(tiny_model, tmp_path):
 def test_fl_sim_reports_groups_alerts_and_never_names_a_small_group(tiny_model, tmp_path):
     data = grouped_file(tmp_path / "grouped.tsv")
     run_dir = tmp_path / "run"
-    proc = run_cli("fl-sim", "--sites", 2, "--data", data, "--model", tiny_model, "--rounds", 2, "--no-dp",
+    proc = run_cli("fl-sim", "--sites", 2, "--data", data, "--model", tiny_model, "--rounds", 1, "--no-dp",
+                   "--head-init", "none",  # round 1 trains, reweighted
                    "--group-column", "ward", "--fairness-reweight", "--max-fairness-gap", 0.001,
                    "--batch-size", 16, "--eval-fraction", 0.3, "--run-dir", run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -202,11 +203,25 @@ def test_fl_sim_reports_groups_alerts_and_never_names_a_small_group(tiny_model, 
     card = (run_dir / "MODEL_CARD.md").read_text()
     assert "## Fairness by group" in card and "ALERT: " in card and "docs/explanations.md" in card
     assert "== fairness by group (federation" in (run_dir / "report.txt").read_text()
+    assert "<h2>Fairness by group (latest round)</h2>" in (run_dir / "report.html").read_text()
     # The 4 records of the rare ward are nowhere in what the coordinator keeps or shows.
     for path in [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".md",
                                                                                ".html", ".log")]:
         assert "rare_ward" not in path.read_text(errors="ignore"), path
     assert "rare_ward" not in proc.stdout + proc.stderr
+
+    # DP's cost by group: the same sites with DP, then each group's accuracy in both runs side by side.
+    dp_dir = tmp_path / "run-dp"
+    proc = run_cli("fl-sim", "--sites", 2, "--data", data, "--model", tiny_model, "--rounds", 1, "--group-column", "ward",
+                   "--eval-fraction", 0.3, "--run-dir", dp_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_cli("fl-server", "report", dp_dir, "--compare", run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    card = (dp_dir / "MODEL_CARD.md").read_text()
+    assert "## Accuracy by group against run" in card and "this run (DP at every site)" in card
+    assert "run (no DP)" in card and "| north |" in card and "## Differential privacy, per site" in card
+    assert '<table id="compare">' in (dp_dir / "report.html").read_text()
+    assert_clean_error(run_cli("fl-server", "report", dp_dir, "--compare", tmp_path), "not a FedSilo run directory")
 
 
 def test_a_bad_group_column_is_one_clear_line(tmp_path, tiny_model):

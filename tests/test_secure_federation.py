@@ -187,7 +187,7 @@ def test_secagg_survives_one_dropout_and_reports_too_many(tiny_model, demo_dir, 
     run_dir = tmp_path / "run"
     logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("server", *names)}
     server = start("fl-server", "--federation", fed, "--labels", LABELS, "--rounds", 2, "--min-sites", 4,
-                   "--secagg-threshold", 2, "--round-timeout", 120, "--run-dir", run_dir, *train_args(tiny_model),
+                   "--secagg-threshold", 2, "--round-timeout", 75, "--run-dir", run_dir, *train_args(tiny_model),
                    "--head-init", "none", log=logs["server"])  # the drop is timed against round 1's training
     sites = {}
     try:
