@@ -78,8 +78,8 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
         sections += fairness_sections(report, cfg.labels, cfg.max_fairness_gap)
     sections += [
         ("Explanations", "Token attributions for any prediction of this model (Integrated Gradients, Captum): "
-                         "fl-predict RUN_DIR --text TEXT --explain [--html FILE]; an example page and how to "
-                         "read it: docs/explanations.md."),
+                         "fl-predict RUN_DIR --text TEXT --explain [--html FILE]; an example page: "
+                         "docs/explanation-example.html in FedSilo's repository; how to read it: docs/explanations.md."),
         ("Audit", f"Coordinator audit log {summary.get('audit_log')}, chain head {summary.get('audit_head')}; "
                   f"final model digest {summary.get('final_model_digest')}. Check with: fl-audit verify LOG."),
         ("Known limitations", LIMITATIONS),
