@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.errors import FedSiloError, printable
 from common.launch import process_identity
+from server.fairness_round import fairness_text
 from server.live_status import LIVE_FILE
 
 
@@ -119,6 +120,8 @@ def status_lines(view: RunView) -> list[str]:
         last = rounds[-1]
         if last.get("eval_examples"):
             lines.append(f"last round {last['round']}: accuracy {last['accuracy']:.3f}  macro-F1 {last['macro_f1']:.3f}")
+        if fairness := fairness_text(last):  # sites with a group column (docs/fairness.md)
+            lines.append(f"fairness in round {last['round']}: {printable(fairness, 300)}")
         trained = sorted(str(s) for s in (last.get("fit") or {}))
         lines.append(f"trained in round {last['round']}: " + (", ".join(printable(s, 100) for s in trained) or "no site"))
     eps = view.epsilon()

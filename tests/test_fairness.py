@@ -204,6 +204,8 @@ def test_fl_sim_reports_groups_alerts_and_never_names_a_small_group(tiny_model, 
     assert "## Fairness by group" in card and "ALERT: " in card and "docs/explanations.md" in card
     assert "== fairness by group (federation" in (run_dir / "report.txt").read_text()
     assert "<h2>Fairness by group (latest round)</h2>" in (run_dir / "report.html").read_text()
+    status = run_cli("fl-server", "status", run_dir)
+    assert "fairness in round 1: worst group " in status.stdout and "FAIRNESS ALERT" in status.stdout
     # The 4 records of the rare ward are nowhere in what the coordinator keeps or shows.
     for path in [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".md",
                                                                                ".html", ".log")]:
