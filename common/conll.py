@@ -105,3 +105,34 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
         if tag.startswith("B-") or (tag.startswith("I-") and not continues):
             start, kind = i, tag[2:]
     return spans
+
+
+def redact_sentences(sentences: Sentences, types) -> tuple[Sentences, "Counter"]:
+    """Personal data replaced token by token, so tags stay aligned: each sentence is joined with
+    spaces, the site's redaction finds its spans (common/redaction.py), and every token a span
+    touches becomes that span's placeholder ("[NAME]") and keeps its own tag. A name that is
+    itself an entity to learn (B-PER) therefore trains as "[NAME]" tagged B-PER: a task whose
+    entities are personal data should not redact that type (--redact-entities)."""
+    from collections import Counter
+
+    from common.redaction import find_pii_all
+
+    texts, offsets = [], []
+    for words in sentences.tokens:
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        texts.append(" ".join(words))
+        offsets.append(starts)
+    counts: Counter = Counter()
+    out = []
+    for words, starts, spans in zip(sentences.tokens, offsets, find_pii_all(texts, types)):
+        redacted = list(words)
+        for span in spans:
+            counts[span.type] += 1
+            for i, (word, start) in enumerate(zip(words, starts)):
+                if start < span.end and span.start < start + len(word):  # the token overlaps the span
+                    redacted[i] = f"[{span.type}]"
+        out.append(redacted)
+    return Sentences(out, [list(t) for t in sentences.tags]), counts

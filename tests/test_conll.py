@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from common.conll import entity_spans, read_conll, tag_set_of, to_iob2
+from common.conll import Sentences, entity_spans, read_conll, redact_sentences, tag_set_of, to_iob2
 from common.errors import FedSiloError
 
 NCBI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ncbi_disease"
@@ -59,3 +59,15 @@ def test_ncbi_disease_reads_as_published_and_spans_agree_with_seqeval():
     assert tag_set_of(test) == ("O", "B-Disease", "I-Disease")
     for tags in test.tags:
         assert entity_spans(tags) == [(kind, start, end + 1) for kind, start, end in get_entities(tags)]
+
+
+def test_redaction_replaces_tokens_and_keeps_every_tag_in_place():
+    data = Sentences([["Mail", "mary.jones@example.com", "about", "cystic", "fibrosis", "on", "12/03/2024", "."]],
+                     [["O", "O", "O", "B-Disease", "I-Disease", "O", "O", "O"]])
+    clean, counts = redact_sentences(data, ("EMAIL", "DATE"))
+    assert clean.tokens == [["Mail", "[EMAIL]", "about", "cystic", "fibrosis", "on", "[DATE]", "."]]
+    assert clean.tags == data.tags and counts == {"EMAIL": 1, "DATE": 1}
+    # A name that is itself an entity keeps its tag on the placeholder.
+    people = Sentences([["Dr", "Mary", "Johnson", "smiled"]], [["O", "B-PER", "I-PER", "O"]])
+    clean, counts = redact_sentences(people, ("NAME",))
+    assert clean.tokens[0][1:3] == ["[NAME]", "[NAME]"] and clean.tags == people.tags and counts["NAME"] == 1
