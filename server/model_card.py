@@ -22,7 +22,8 @@ _MARKDOWN_SPECIAL = "\\`*_[]<>|~#"
 
 LIMITATIONS = [
     "Differential privacy protects each site's training records (record-level); evaluation "
-    "confusion matrices and record counts leave the sites without noise.",
+    "confusion matrices (per group too, where a site reports groups) and record counts leave the "
+    "sites without noise.",
     "A person with several records is protected only through group privacy (a larger epsilon).",
     "Secure aggregation hides single updates from the server, not the aggregate; metrics and "
     "example counts travel unmasked.",
