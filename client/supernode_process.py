@@ -36,6 +36,10 @@ GIVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds and (\d+) 
 # state. Flower's SuperNode then shuts itself down half-way (its retry thread goes on, reaching
 # nothing), so fl-client starts a fresh SuperNode, which activates the site's key anew.
 SESSION_LOST = re.compile(r"401 Unauthorized.*/v1/fleet/")
+# The SuperNode's heartbeat thread can meet that 401 first: Flower then sends the SuperNode a
+# SIGINT, which logs this line, and its main loop goes on retrying with a closed connection, never
+# reaching the new server. Not asked for by fl-client (stop_running_supernode), it is the same case.
+SELF_STOPPED = "SuperNode terminated gracefully."
 LOST = "session lost"  # _supernode's answer for that case: start again
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")  # a traceback's last line
 # A SuperNode that dies without signing off (the whole site killed with kill -9, power loss, the
@@ -111,11 +115,13 @@ def run_supernode(args: list[str], env: dict, server: str, max_wait: float,
 
 
 _running: list[subprocess.Popen] = []  # the SuperNode now running, for stop_running_supernode
+_stop_asked: list[bool] = []  # set by stop_running_supernode: a SuperNode stopping now is not a lost session
 
 
 def stop_running_supernode() -> None:
     """Stop the SuperNode now running, from another thread (fl-client's worker watch): it signs
     off, its output ends, and run_supernode returns."""
+    _stop_asked.append(True)
     for proc in list(_running):
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -151,6 +157,9 @@ def _supernode(args: list[str], env: dict, server: str) -> str | None:
                 if not EXCEPTION_LINE.match(line) and len(held) < 200:
                     continue
                 line, held = "".join(held), []
+            if SELF_STOPPED in line and not _stop_asked:
+                fatal = LOST
+                break
             sys.stdout.write(line)
             sys.stdout.flush()
             # Flower's SuperNode logs some fatal conditions but keeps running: end it ourselves.

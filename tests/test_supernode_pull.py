@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import flwr.supernode.start_client_internal as loop
+import pytest
 
 from client.supernode import COMMAND, PULL_ENV, CappedTime, cap_pull_interval
 
@@ -50,3 +51,54 @@ def test_supernode_module_starts_flowers_supernode(tmp_path):
                          env={"PATH": "", PULL_ENV: "0.5"})
     assert out.returncode == 0, out.stderr
     assert "usage: flower-supernode" in out.stdout and "--superlink" in out.stdout
+
+
+# A stand-in SuperNode: its first start does what Flower's does when its heartbeat meets a lost
+# session (401): logs the graceful-exit line after a SIGINT to itself, then retries on for ever
+# with a closed connection. Later starts stop at once.
+FAKE = """
+import sys, time
+from pathlib import Path
+starts = Path(sys.argv[1])
+n = int(starts.read_text() or 0) if starts.exists() else 0
+starts.write_text(str(n + 1))
+if n == 0:
+    print("\\x1b[92mINFO \\x1b[0m:      SuperNode terminated gracefully.", flush=True)
+    while True:
+        print("still retrying", flush=True)
+        time.sleep(0.2)
+"""
+
+
+@pytest.mark.timeout(60)  # before the fix, fl-client read the retries for ever
+def test_a_supernode_that_stopped_itself_on_a_lost_session_is_started_again(monkeypatch, tmp_path, capsys):
+    import sys
+
+    import client.supernode_process as sp
+
+    script, starts = tmp_path / "fake.py", tmp_path / "starts"
+    script.write_text(FAKE)
+    monkeypatch.setattr(sp, "SUPERNODE_COMMAND", [sys.executable, str(script), str(starts)])
+    monkeypatch.setattr(sp, "_stop_asked", [])
+    (tmp_path / "flwr").mkdir()
+    assert sp.run_supernode([], {"FLWR_HOME": str(tmp_path / "flwr")}, "127.0.0.1:1", 10) == 0
+    assert starts.read_text() == "2" and "connecting again" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_a_supernode_fl_client_stopped_is_not_started_again(monkeypatch, tmp_path):
+    import sys
+    import threading
+
+    import client.supernode_process as sp
+
+    script, starts = tmp_path / "fake.py", tmp_path / "starts"
+    script.write_text(FAKE)
+    monkeypatch.setattr(sp, "SUPERNODE_COMMAND", [sys.executable, str(script), str(starts)])
+    monkeypatch.setattr(sp, "_stop_asked", [])
+    (tmp_path / "flwr").mkdir()
+    # fl-client's worker watch stops it (the line then follows fl-client's own request)
+    threading.Timer(1.0, sp.stop_running_supernode).start()
+    sp._stop_asked.append(True)  # as stop_running_supernode records it, before the line can arrive
+    assert sp.run_supernode([], {"FLWR_HOME": str(tmp_path / "flwr")}, "127.0.0.1:1", 10) == 0
+    assert starts.read_text() == "1"
