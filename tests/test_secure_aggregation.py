@@ -36,9 +36,10 @@ def aggregated_delta(run_dir):
 
 
 def test_secure_aggregate_equals_plain_fedavg(tiny_model, tmp_path):
-    """7 sites, one plain FedAvg round, and the same round under SecAgg+ twice: with the default
-    neighbourhood (21: every site shares keys with every other) and with rings of 3."""
-    sites = 7
+    """5 sites, one plain FedAvg round, and the same round under SecAgg+ twice: with the default
+    neighbourhood (21: every site shares keys with every other) and with rings of 3 (each site
+    with its two neighbours only)."""
+    sites = 5
     data = tmp_path / "data"
     write_demo(data, sites=1, per_site=600, seed=11)  # all.tsv: 600 rows, partitioned over the sites
     rounds = {}
