@@ -144,7 +144,7 @@ SITE_FAIRNESS_OPTIONS: tuple[Option, ...] = (
            "a region). Never trained on: the site reports confusion counts per group of its evaluation "
            "split, never a group per record. Empty = no group report."),
     Option("min-group-size", int, 10, "Groups with fewer evaluation records are merged into 'other', "
-           "and 'other' is left out while it is still smaller: no reported count covers fewer records.",
+           "and 'other' is left out while it is still smaller: no reported group covers fewer records.",
            minimum=2, maximum=1_000_000),
     Option("fairness-reweight", bool, False, "Mitigation: weight each training record by its (group, "
            "label) cell, min(1, median cell size / its cell's size); under DP-SGD after clipping, so the "

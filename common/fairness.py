@@ -71,7 +71,8 @@ def add_fairness_options(parser) -> None:
         if opt.type is bool:
             group.add_argument(flag, dest=dest, action="store_true", help=f"{opt.help} [default: off]")
         else:
-            group.add_argument(flag, dest=dest, type=opt.type, default=opt.default, metavar=opt.type.__name__.upper(),
+            group.add_argument(flag, dest=dest, type=opt.type, default=opt.default,
+                               metavar="NAME" if opt.type is str else "N",
                                help=f"{opt.help} [default: {opt.default if opt.default != '' else 'none'}]")
 
 
