@@ -13,6 +13,10 @@ def fairness_md(d: dict, plots: list[str]) -> list[str]:
     arms = [s["arm"] for s in summary]
     md = [f"HateCheck, {d['setup']['sites']} sites, test file scored per target group; ε = {d['setup']['epsilon']:g} "
           f"per site for the DP arms; mean over {max((s['seeds'] for s in summary), default=0)} seed(s).", ""]
+    earlier = sorted({(r["seed"], r["run"]["commit"], r["run"]["started_utc"]) for r in d["rows"] if r.get("run")})
+    if earlier:  # a run in parts (--seeds): the rows an earlier run measured name it
+        md += ["Measured in an earlier run: " + "; ".join(f"seed {seed} (commit {commit}, started {started})"
+                                                       for seed, commit, started in earlier) + ".", ""]
     md += table(["arm", "seeds", "accuracy", "macro-F1", *(label for _, label in GAPS)],
                 [[s["arm"], s["seeds"], fmt(s["accuracy"], 3), fmt(s["macro_f1"], 3), *(fmt(s[k], 3) for k, _ in GAPS)]
                  for s in summary])
