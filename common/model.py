@@ -83,6 +83,17 @@ class ClassifierOutput(NamedTuple):
     loss: torch.Tensor | None = None
 
 
+def linear_head(config, outputs: int) -> tuple[torch.nn.Dropout, torch.nn.Linear]:
+    """The dropout and linear layer of a new head on an encoder with `config`, initialised as
+    BERT's heads are: small normal weights, zero bias (the sentence and the token heads)."""
+    drop = getattr(config, "classifier_dropout", None)
+    dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
+    linear = torch.nn.Linear(config.hidden_size, outputs)
+    torch.nn.init.normal_(linear.weight, std=getattr(config, "initializer_range", 0.02))
+    torch.nn.init.zeros_(linear.bias)
+    return dropout, linear
+
+
 class SentenceClassifier(torch.nn.Module):
     """A linear classifier on the attention-masked mean of the encoder's last hidden states.
 
@@ -99,13 +110,7 @@ class SentenceClassifier(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
         self.normalise = normalise
-        config = encoder.config
-        drop = getattr(config, "classifier_dropout", None)
-        self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
-        self.classifier = torch.nn.Linear(config.hidden_size, num_labels)
-        # BERT's head initialisation: small normal weights, zero bias.
-        torch.nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
-        torch.nn.init.zeros_(self.classifier.bias)
+        self.dropout, self.classifier = linear_head(encoder.config, num_labels)
 
     @property
     def config(self):  # the encoder's config carries num_labels / id2label (saved with the model)

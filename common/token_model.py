@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import RunConfig
-from common.model import ClassifierOutput, _add_lora, _load_encoder, quiet_transformers, resolve_model
+from common.model import ClassifierOutput, _add_lora, _load_encoder, linear_head, quiet_transformers, resolve_model
 
 IGNORE = -100  # torch's cross-entropy ignore_index
 
@@ -78,12 +78,7 @@ class TokenTagger(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, num_tags: int):
         super().__init__()
         self.encoder = encoder
-        config = encoder.config
-        drop = getattr(config, "classifier_dropout", None)
-        self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if drop is None else drop)
-        self.classifier = torch.nn.Linear(config.hidden_size, num_tags)
-        torch.nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
-        torch.nn.init.zeros_(self.classifier.bias)
+        self.dropout, self.classifier = linear_head(encoder.config, num_tags)
 
     @property
     def config(self):
