@@ -37,7 +37,9 @@ class SimResources:
 
     def env(self) -> dict[str, str]:
         """Variables for the SuperLink (and the simulation process it starts)."""
-        return {"RAY_ADDRESS": self.ray_address} if self.ray_address else {}
+        # "local": without --ray-address, a Ray of our own, even where the shell sets RAY_ADDRESS or
+        # `ray start` left a cluster on this machine (ray.init() would otherwise join either).
+        return {"RAY_ADDRESS": self.ray_address or "local"}
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.ray_address}" if self.ray_address else "a local Ray"

@@ -12,6 +12,7 @@ import time
 import psutil
 
 from common.launch import free_port
+from server import sim_resources as resources
 from tests.helpers import BIN, run_cli
 
 
@@ -68,6 +69,17 @@ def test_fl_sim_spreads_virtual_sites_over_a_two_node_ray_cluster(tiny_model, de
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"fl-sim: on the Ray cluster at {address}; each virtual site 1 CPU, device cpu" in proc.stdout
         assert all(n.poll() is None for n in nodes)  # fl-sim left the cluster running: it is not fl-sim's
+        assert _alive_nodes(address) == 2
+
+        # Without --ray-address fl-sim's Ray is its own, even with this cluster's address in the
+        # environment: the same ray.init() Flower's simulation makes starts a fresh Ray.
+        own = resources.plan("cpu", 1, None, None, 2).env()
+        probe = subprocess.run([str(BIN / "python"), "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); "
+                                "print('GCS', ray.get_runtime_context().gcs_address); ray.shutdown()"],
+                               env=os.environ | {"RAY_ADDRESS": address} | own, capture_output=True, text=True,
+                               timeout=180)
+        gcs = [line.split()[1] for line in probe.stdout.splitlines() if line.startswith("GCS ")]
+        assert probe.returncode == 0 and gcs and gcs[0] != address, probe.stdout[-2000:] + probe.stderr[-2000:]
         assert _alive_nodes(address) == 2
     finally:
         members = [p for n in nodes for p in _session(n)]

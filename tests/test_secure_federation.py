@@ -169,7 +169,12 @@ def wait_for_any(tmp_path, names, text, server, timeout):
 
 def kill_site(proc):
     """SIGKILL a site: fl-client, its SuperNode and whatever ClientApp is running."""
-    family = [proc, *[psutil.Process(p.pid) for p in psutil.Process(proc.pid).children(recursive=True)]]
+    # children() already hands back Process objects: building new ones from their pids raced with a
+    # child that exits in between (a ClientApp finishing its round).
+    try:
+        family = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = [proc]
     for p in family:
         try:
             p.kill()
