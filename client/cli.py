@@ -30,6 +30,7 @@ from common import device as devices
 from common.audit import AuditLog, generate_key
 from common.cliparse import Parser, port_or_zero_arg, positive_int
 from common.data import read_records
+from common.ner_data import read_sentence_records
 from common.errors import FedSiloError, cli_entry
 from common.fairness import add_fairness_options, fairness_from_args
 from common.pki import make_node_key
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the coordinator's address [default: the kit's, or 127.0.0.1:9092 with --insecure]")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext connection without TLS or site key; only allowed to a loopback address")
+    p.add_argument("--task", choices=("classify", "ner"), default="classify",
+                   help="what --data holds: 'classify', a labelled text file (TSV, CSV, JSONL); 'ner', a CoNLL "
+                        "file (token<TAB>tag per line, IOB2 or IOB1 tags, a blank line between sentences). The "
+                        "site refuses runs of the other task [default: classify]")
     p.add_argument("--text-column", default="text", help="name of the text column [default: text]")
     p.add_argument("--label-column", default="label", help="name of the label column [default: label]")
     p.add_argument("--port", type=port_or_zero_arg, default=0,
@@ -183,15 +188,19 @@ def main(argv=None) -> int:
     allowed = allowed_models(args.allow_model)
     data = Path(args.data).expanduser().resolve()
     fairness = fairness_from_args(args)
-    records = read_records(data, args.text_column, args.label_column, fairness.group_column)
+    if args.task == "ner":
+        records = read_sentence_records(data, fairness.group_column)
+    else:
+        records = read_records(data, args.text_column, args.label_column, fairness.group_column)
     privacy = privacy_from_args(args)
     if args.redaction_config:
         entities = load_redaction_config(args.redaction_config)
         privacy = replace(privacy, redact=bool(entities), redact_entities=",".join(entities))
     # Before the ledger and the audit log are written: an unknown PII type must leave no files.
-    redactions = count_in_child(records.texts, privacy)  # the operator's local report: counts, never values
+    redactions = count_in_child(records, privacy, args.task)  # the operator's local report: counts, never values
     ledger = Path(args.ledger).expanduser().resolve() if args.ledger else default_ledger_path(data)
-    print(f"fl-client: site {site}: {len(records)} records in {data}; computes on {devices.describe(device)}",
+    unit = "sentences (CoNLL, task ner)" if args.task == "ner" else "records"
+    print(f"fl-client: site {site}: {len(records)} {unit} in {data}; computes on {devices.describe(device)}",
           flush=True)
     audit_log = Path(args.audit_log).expanduser().resolve() if args.audit_log else data.with_name(data.name + ".audit.jsonl")
     # Its own key, never the node key the kit holds: a coordinator that made the site's node key
@@ -215,7 +224,7 @@ def main(argv=None) -> int:
     # One fl-client per ledger, for as long as it runs: a second would charge it concurrently.
     with hold_ledger(ledger):
         node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in {
-            "site": site, "data-path": str(data), "ledger": str(ledger),
+            "site": site, "data-path": str(data), "ledger": str(ledger), "task": args.task,
             "text-column": args.text_column, "label-column": args.label_column,
             "audit-log": str(audit_log), "audit-key": str(audit_key),
             "allow-unmasked-updates": bool(args.allow_unmasked_updates), "eval-fraction": float(args.eval_fraction),

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from client.dp_random import SiteRandom
@@ -122,6 +121,9 @@ def train_dp(model, data: Encoded, lr: float, plan: DPStepPlan, pad_id: int,
              ghost: bool = False, desc: str = "dp-train", head_lr: float | None = None) -> dict[str, float]:
     """Run `plan.steps` DP-SGD steps; returns the mean training loss (for the site's own log).
     Takes no seed on purpose: noise and sampling are the site's own (module docstring)."""
+    if ghost and not isinstance(data, Encoded):
+        raise FedSiloError("task ner under DP needs per-example gradients: use --trainable lora or head, not full "
+                           "(ghost clipping)")
     if ghost and data.weights is not None:
         raise FedSiloError("fairness-reweight under DP needs per-example gradients: use --trainable lora or head, "
                            "not full (ghost clipping)")
@@ -169,9 +171,9 @@ def _hooks_backward(module, data: Encoded, idx: np.ndarray, pad_id: int, params)
     total = 0.0
     device = params[0].device
     for chunk in _micro_batches(data, idx):
-        batch = collate(data, chunk, pad_id, device)
+        batch = data.batch(chunk, pad_id, device)
         labels = batch.pop("labels")
-        loss = F.cross_entropy(module(**batch).logits, labels, reduction="sum")
+        loss = data.losses(module(**batch).logits, labels).sum()  # per record (NER: per sentence)
         loss.backward()
         total += loss.item()
         for p in params:

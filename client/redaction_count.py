@@ -15,11 +15,11 @@ from collections import Counter
 from common.errors import FedSiloError
 
 
-def count_in_child(texts: list[str], privacy) -> Counter:
+def count_in_child(records, privacy, task: str = "classify") -> Counter:
     if not privacy.redact:
         return Counter()
     proc = subprocess.run([sys.executable, "-P", "-m", "client.redaction_count"],
-                          input=pickle.dumps((texts, privacy)), capture_output=True)
+                          input=pickle.dumps((records, privacy, task)), capture_output=True)
     try:
         status, value = pickle.loads(proc.stdout)
     except Exception:  # the child died before it could answer
@@ -33,9 +33,9 @@ def count_in_child(texts: list[str], privacy) -> Counter:
 def main() -> None:
     from client.site import redact
 
-    texts, privacy = pickle.loads(sys.stdin.buffer.read())
+    records, privacy, task = pickle.loads(sys.stdin.buffer.read())
     try:
-        answer = ("ok", redact(texts, privacy)[1])
+        answer = ("ok", redact(records, privacy, task)[1])
     except FedSiloError as exc:
         answer = ("error", str(exc))
     sys.stdout.buffer.write(pickle.dumps(answer))

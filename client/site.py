@@ -20,6 +20,7 @@ from common.config import RunConfig
 from common.data import LocalDetailError, Records, encode_labels, partition, read_records, split_train_eval
 from common.errors import FedSiloError
 from common.fairness import SiteFairness
+from common.ner_data import encode_tags, read_sentence_records, redact_records
 from common.privacy import SitePrivacy
 from common.redaction import ENTITY_TYPES, Redactor
 
@@ -52,7 +53,7 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         data_path = Path(str(node_config["data-path"]))
         fairness = SiteFairness.from_mapping(node_config)  # the site's, like its privacy settings
         try:
-            records = read_records(data_path, text_col, label_col, fairness.group_column)
+            records = _reader(cfg)(data_path, text_col, label_col, fairness.group_column)
         except FedSiloError as err:  # its path, lines and column names stay on the site's console
             raise LocalDetailError(f"site {name}: its data file cannot be read", str(err)) from None
         # Deployment: privacy settings come from fl-client, never from the server's run config.
@@ -70,7 +71,7 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
         fairness = SiteFairness.from_mapping(cfg.to_flat(), prefix="sim-")
         everything, shares = _partitioned(str(cfg.sim_data), stat and (stat.st_mtime_ns, stat.st_size),
                                           text_col, label_col, fairness.group_column, tuple(cfg.labels), parts,
-                                          cfg.partition, cfg.dirichlet_alpha, cfg.seed)
+                                          cfg.partition, cfg.dirichlet_alpha, cfg.seed, cfg.task)
         records = everything.subset(shares[pid])
         privacy = SitePrivacy.from_mapping(cfg.to_flat(), prefix="sim-")
         state = Path(cfg.run_dir or ".").resolve() / "sites"
@@ -81,8 +82,9 @@ def site_data(cfg: RunConfig, node_config: dict) -> SiteData:
     else:
         raise FedSiloError("this SuperNode has no data: start it with fl-client --data PATH")
     # The server picks the label set: a real site tells it how many records fall outside, never which labels.
-    labels = encode_labels(records, cfg.labels, f"site {name}", quote_values="data-path" not in node_config)
-    texts, redactions = redact(records.texts, privacy)
+    labels = (encode_tags if cfg.task == "ner" else encode_labels)(records, cfg.labels, f"site {name}",
+                                                                   quote_values="data-path" not in node_config)
+    texts, redactions = redact(records, privacy, cfg.task)
     if "data-path" in node_config:
         # The site owns its held-out share: the server may ask for less, never more. The split
         # follows the data, not the server's seed, so the same records are held out every run.
@@ -106,12 +108,22 @@ def device_spec(run_config: dict, node_config: dict) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _partitioned(path: str, version, text_col: str, label_col: str, group_col: str, labels: tuple, parts: int,
-                 scheme: str, alpha: float, seed: int) -> tuple[Records, list[np.ndarray]]:
+                 scheme: str, alpha: float, seed: int, task: str) -> tuple[Records, list[np.ndarray]]:
     """The simulation's data file and its split over the virtual sites, read once per process:
     one simulation worker serves many virtual sites, and each would otherwise read and split the
     whole file again (quadratic in the number of sites). `version` (mtime, size) keys a changed file."""
+    if task == "ner":  # sentences, shuffled over the sites (the config allows iid only)
+        everything = read_sentence_records(path)
+        return everything, partition(np.zeros(len(everything), dtype=np.int64), parts, "iid", alpha, seed)
     everything = read_records(path, text_col, label_col, group_col)
     return everything, partition(encode_labels(everything, labels, path), parts, scheme, alpha, seed)
+
+
+def _reader(cfg: RunConfig):
+    """The site's file as records: a text file, or a CoNLL file of sentences (task ner)."""
+    if cfg.task == "ner":
+        return lambda path, _text, _label, group: read_sentence_records(path, group)
+    return read_records
 
 
 def redaction_types(privacy: SitePrivacy) -> tuple[str, ...]:
@@ -120,8 +132,10 @@ def redaction_types(privacy: SitePrivacy) -> tuple[str, ...]:
     return tuple(t.strip() for t in privacy.redact_entities.split(",") if t.strip()) or ENTITY_TYPES
 
 
-def redact(texts: list[str], privacy: SitePrivacy) -> tuple[list[str], Counter]:
+def redact(records: Records, privacy: SitePrivacy, task: str = "classify") -> tuple[list[str], Counter]:
     types = redaction_types(privacy)
+    if task == "ner":  # token by token, so every tag stays on its word
+        return redact_records(records, types)
     if not types:
-        return texts, Counter()
-    return Redactor(types).redact_all(texts)
+        return records.texts, Counter()
+    return Redactor(types).redact_all(records.texts)

@@ -90,6 +90,10 @@ def check_run(run_config: dict, node_config: dict) -> None:
         raise SiteRefusal(f"site {site} refuses model {printable(str(model), 200)!r}: not on this site's "
                           "--allow-model list")
     cfg = RunConfig.from_dict(dict(run_config))
+    held = str(node_config.get("task", "classify"))
+    if cfg.task != held:  # the site's file holds one kind of data (fl-client --task)
+        raise SiteRefusal(f"site {site} refuses the run: task {cfg.task}, and this site's data is for task {held} "
+                          "(fl-client --task)")
     for cap in CAPS:
         value = getattr(cfg, cap.run_key.replace("-", "_"))
         asked = len(value) if isinstance(value, tuple) else value

@@ -31,6 +31,7 @@ from client import head_release
 from client.private_train import DPStepPlan, train_dp
 from client.site import device_spec, site_data
 from client.site_limits import FitCounter, SiteRefusal, applies, check_fit_count, check_run
+from client.ner_eval import evaluate_tagger
 from client.train import evaluate_local, train_local
 from common import device as devices
 from common.audit import AuditLog, generate_key
@@ -40,7 +41,9 @@ from common.data import LocalDetailError, print_local_detail
 from common.errors import FedSiloError
 from common.fairness import balancing_weights, group_confusions
 from common.model import build_model, get_weights, load_tokenizer, set_weights, weights_digest
+from common.ner_data import as_sentences
 from common.privacy import DP_SGD, MECHANISM_KEYS, RELEASE, plan_run
+from common.token_model import build_tagger, encode_sentences
 from common.updates import pack, unpack, update_problem
 
 
@@ -56,7 +59,8 @@ class RunModel:
         self.device = devices.resolve(device)
         try:
             self.tokenizer = load_tokenizer(self.cfg.model)
-            self.model = build_model(self.cfg).to(self.device)
+            model = build_tagger(self.cfg, self.cfg.labels) if self.cfg.task == "ner" else build_model(self.cfg)
+            self.model = model.to(self.device)
         except FedSiloError as err:
             if site is None:
                 raise
@@ -80,14 +84,19 @@ class SiteRound:
         self.run_id = str(run_id)
         self.limited = applies(node_config)  # a real site: it trains at most the run's rounds times
         loaded = time.perf_counter()
-        self.train_data = encode(self.tokenizer, self.site.train.texts, self.cfg.max_length, self.site.train_labels)
+        self.train_data = self._encode(self.site.train, self.site.train_labels)
         if self.site.fairness.fairness_reweight:  # the mitigation: weights by (group, label) cell
             self.train_data = replace(self.train_data,
                                       weights=balancing_weights(self.site.train_labels, self.site.train.groups))
-        self.eval_data = encode(self.tokenizer, self.site.eval.texts, self.cfg.max_length, self.site.eval_labels)
+        self.eval_data = self._encode(self.site.eval, self.site.eval_labels)
         # Paid by the first message of a run only; reported so a slow round can be explained.
         self.pending = {"time_load": loaded - started + run_model.take_load_seconds(),
                         "time_tokenise": time.perf_counter() - loaded}
+
+    def _encode(self, records, labels):
+        if self.cfg.task == "ner":  # words (a sentence's tokens) and their tag ids
+            return encode_sentences(self.tokenizer, as_sentences(records).tokens, list(labels), self.cfg.max_length)
+        return encode(self.tokenizer, records.texts, self.cfg.max_length, labels)
 
     def _setup_seconds(self) -> dict[str, float]:
         spent, self.pending = self.pending, {"time_load": 0.0, "time_tokenise": 0.0}
@@ -252,6 +261,13 @@ class SiteRound:
         if self.limited:  # the server picks the model evaluated: at most one evaluation per planned round
             FitCounter(self.site.fit_counts, self.site.name, "evaluation").charge(self.run_id, self.cfg.rounds)
         started = time.perf_counter()
+        if self.cfg.task == "ner":  # counts over words and entities (client/ner_eval.py)
+            loss, confusion, entities = evaluate_tagger(self.model, data, list(self.site.eval_labels), self.cfg.labels,
+                                                        self.pad_id)
+            return loss, int(confusion.sum()), {"site": self.site.name, "confusion": json.dumps(confusion.tolist()),
+                                                "entity_counts": json.dumps(entities, sort_keys=True),
+                                                **self._setup_seconds(),
+                                                "time_evaluate": round(time.perf_counter() - started, 3)}
         loss, confusion, predicted = evaluate_local(self.model, data, self.pad_id, len(self.cfg.labels), True)
         # Aggregate counts only: the confusion matrix of the site's eval split and, with a group
         # column, one per group of at least min-group-size records (common/fairness.py).

@@ -27,14 +27,13 @@ def train_local(model, data: Encoded, cfg: RunConfig, pad_id: int, seed: int,
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.local_epochs}", unit="batch",
                    leave=False, mininterval=1.0, disable=None)  # None: only on a terminal
         for idx in bar:
-            batch = collate(data, idx, pad_id, device)
+            batch = data.batch(idx, pad_id, device)
             labels = batch.pop("labels")
-            logits = model(**batch).logits
+            each = data.losses(model(**batch).logits, labels)  # one per record (per sentence for NER)
             if data.weights is None:
-                loss = F.cross_entropy(logits, labels)
+                loss = each.mean()
             else:  # --fairness-reweight: each record's (group, label) weight (common/fairness.py)
-                weights = torch.as_tensor(data.weights[idx], dtype=logits.dtype, device=logits.device)
-                loss = (F.cross_entropy(logits, labels, reduction="none") * weights).mean()
+                loss = (each * torch.as_tensor(data.weights[idx], dtype=each.dtype, device=each.device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

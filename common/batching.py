@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,15 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    # What training asks of any task's data (common/token_model.py's EncodedSentences has the same).
+    def batch(self, idx, pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return collate(self, idx, pad_id, device)
+
+    @staticmethod
+    def losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One loss per record: the unit DP-SGD clips."""
+        return F.cross_entropy(logits, labels, reduction="none")
 
 
 def encode(tokenizer, texts: list[str], max_length: int, labels: np.ndarray | None = None) -> Encoded:

@@ -68,14 +68,21 @@ def write_demo(out: Path, sites: int = 3, per_site: int = 240, seed: int = 7) ->
 
 
 def main(argv=None) -> int:
-    p = Parser(prog="fl-demo-data", description="Write the synthetic demo dataset "
-                                "(bank customer messages, 4 topics) as one TSV per site.")
+    p = Parser(prog="fl-demo-data", description="Write a synthetic demo dataset as one file per site: bank "
+               "customer messages by topic (TSV), or with --task ner clinical sentences tagged with "
+               "diseases and drugs (CoNLL).")
     p.add_argument("--out", default="demo-data", help="output folder [default: demo-data]")
     p.add_argument("--sites", type=int, default=3, help="number of site files [default: 3]")
     p.add_argument("--per-site", type=int, default=240, help="messages per site [default: 240]")
     p.add_argument("--seed", type=int, default=7, help="generator seed [default: 7]")
+    p.add_argument("--task", choices=("classify", "ner"), default="classify",
+                   help="classify: messages by topic; ner: tagged sentences [default: classify]")
     args = p.parse_args(argv)
-    for path in write_demo(Path(args.out), args.sites, args.per_site, args.seed):
+    if args.task == "ner":
+        from common.demo_ner import write_demo_conll as write
+    else:
+        write = write_demo
+    for path in write(Path(args.out), args.sites, args.per_site, args.seed):
         print(path)
     return 0
 

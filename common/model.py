@@ -229,6 +229,8 @@ def file_digest(path: Path) -> str:
 
 
 HEAD_FILE = "classifier.safetensors"
+MEAN_HEAD = "attention-masked mean of last_hidden_state"  # what the saved head reads (its file's metadata)
+TOKEN_HEAD = "each token's last_hidden_state (token classification, task ner)"
 
 
 def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -> Path:
@@ -243,7 +245,7 @@ def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -
         encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
-        pooling = "attention-masked mean of last_hidden_state" + (", L2-normalised" if model.normalise else "")
+        pooling = getattr(model, "head_reads", None) or MEAN_HEAD + (", L2-normalised" if model.normalise else "")
         save_file(head, tmp / HEAD_FILE, metadata={"pooling": pooling})
         old = None
         if target.exists():
@@ -259,22 +261,31 @@ def save_classifier_atomic(model: SentenceClassifier, tokenizer, target: Path) -
     return target
 
 
-def load_classifier(model_dir: Path) -> SentenceClassifier:
-    """The model save_classifier_atomic wrote, in eval mode."""
+def saved_head(model_dir: Path) -> tuple[dict, str]:
+    """The head's weights save_classifier_atomic wrote, and what it reads (MEAN_HEAD..., TOKEN_HEAD)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    quiet_transformers()
-    model_dir = Path(model_dir)
     try:
-        head = load_file(model_dir / HEAD_FILE)
-        with safe_open(model_dir / HEAD_FILE, framework="pt") as fh:
-            pooling = (fh.metadata() or {}).get("pooling", "")
+        head = load_file(Path(model_dir) / HEAD_FILE)
+        with safe_open(Path(model_dir) / HEAD_FILE, framework="pt") as fh:
+            return head, (fh.metadata() or {}).get("pooling", "")
     except (OSError, SafetensorError) as err:
         raise FedSiloError(f"{model_dir}: no readable {HEAD_FILE} ({str(err).splitlines()[0][:120]})") from None
+
+
+def load_classifier(model_dir: Path, make=None) -> SentenceClassifier:
+    """The model save_classifier_atomic wrote, in eval mode; `make(encoder, n)` builds another
+    kind of model around the encoder (common/token_model.load_tagger)."""
+    quiet_transformers()
+    model_dir = Path(model_dir)
+    head, pooling = saved_head(model_dir)
     encoder = _load_encoder(str(model_dir), str(model_dir))
     labels = encoder.config.id2label
-    model = SentenceClassifier(encoder, len(labels), normalise="L2-normalised" in pooling)
+    if make is None:
+        model = SentenceClassifier(encoder, len(labels), normalise="L2-normalised" in pooling)
+    else:
+        model = make(encoder, len(labels))
     try:
         model.classifier.load_state_dict(head)
     except RuntimeError as err:

@@ -260,19 +260,22 @@ def plan_run(target_epsilon: float, delta: float, accountant: str, n: int, batch
 
 
 def guarantee_sentence(site: str, epsilon: float, delta: float, accountant: str, n: int,
-                       n_eval: int | None = None, mechanisms: dict[str, float] | None = None) -> str:
+                       n_eval: int | None = None, mechanisms: dict[str, float] | None = None,
+                       task: str = "classify") -> str:
     """The one exact sentence every report carries for a DP site (epsilon rounded up, never down):
-    what DP covers (the n training records) and what it does not (the held-out records, whose
-    confusion counts the site sends in the clear)."""
+    what DP covers (the n training records; task ner: sentences, the unit DP-SGD clips) and what
+    it does not (the held-out ones, whose counts the site sends in the clear)."""
+    unit, counts = (("sentence", "word-level confusion counts (true tag x predicted tag) and entity counts by type")
+                    if task == "ner" else ("record", "confusion counts (true class x predicted class)"))
     held_out = ("" if n_eval is None else
-                f" Its {n_eval} held-out evaluation records are not covered: the server receives their "
-                "confusion counts (true class x predicted class) every round." if n_eval else
-                " It holds out no evaluation records.")
+                f" Its {n_eval} held-out evaluation {unit}s are not covered: the server receives their "
+                f"{counts} every round." if n_eval else
+                f" It holds out no evaluation {unit}s.")
     ran = ""
     if mechanisms:  # each mechanism's epsilon alone: the total is their exact composition, not their sum
         ran = (" Its last run's mechanisms, with the epsilon each would cost alone (composed exactly, not added): "
                + "; ".join(f"{MECHANISM_NAMES.get(k, k)}: {math.ceil(v * 100) / 100:.2f}"
                            for k, v in sorted(mechanisms.items())) + ".")
-    return (f"site {site}: record-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy "
-            f"for its {n} training records, composed over every round it has trained on this dataset, "
+    return (f"site {site}: {unit}-level ({math.ceil(epsilon * 100) / 100:.2f}, {delta:.2g})-differential privacy "
+            f"for its {n} training {unit}s, composed over every round it has trained on this dataset, "
             f"accounted with the {ACCOUNTANT_NAMES[accountant]}.{ran}{held_out}")

@@ -6,7 +6,8 @@ carry IGNORE and count in no loss. The loss of one sentence is the mean over its
 under DP-SGD the protected unit is one sentence, and its per-example gradient is the gradient of
 that one number (tests/test_token_model.py checks it against the sentence trained alone).
 
-Issue 31, step 2: not yet wired into the sites, the server or fl-predict.
+The site's round (client/site_round.py) trains it through the same code as the classifier:
+both data classes offer `batch()` and per-record `losses()`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from common.config import RunConfig
-from common.model import ClassifierOutput, _add_lora, _load_encoder, linear_head, quiet_transformers, resolve_model
+from common.model import (TOKEN_HEAD, ClassifierOutput, _add_lora, _load_encoder, linear_head, load_classifier,
+                          quiet_transformers, resolve_model)
 
 IGNORE = -100  # torch's cross-entropy ignore_index
 
@@ -29,8 +31,18 @@ class EncodedSentences:
     labels: list[list[int]]  # a tag id on each word's first sub-token, IGNORE elsewhere
     word_ids: list[list[int | None]]  # the word each sub-token belongs to (None: [CLS], [SEP])
 
+    weights = None  # no per-record weights (fairness-reweight is for text classification)
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    def batch(self, idx, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+        return collate_sentences(self, idx, pad_id, device)
+
+    @staticmethod
+    def losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One loss per sentence: the unit DP-SGD clips."""
+        return sentence_losses(logits, labels)
 
 
 def encode_sentences(tokenizer, words: list[list[str]], tags: list[list[int]] | None, max_length: int) -> EncodedSentences:
@@ -75,6 +87,8 @@ class TokenTagger(torch.nn.Module):
     """A linear tag head on each token's last hidden state (BERT's token-classification head,
     on an encoder that may carry LoRA adapters)."""
 
+    head_reads = TOKEN_HEAD  # saved with the head (common/model.save_classifier_atomic)
+
     def __init__(self, encoder: torch.nn.Module, num_tags: int):
         super().__init__()
         self.encoder = encoder
@@ -115,3 +129,8 @@ def word_predictions(logits: np.ndarray, word_ids: list[int | None], n_words: in
             out[word] = int(np.argmax(logits[position]))
             seen.add(word)
     return out
+
+
+def load_tagger(model_dir) -> TokenTagger:
+    """A final model of task ner, as save_classifier_atomic wrote it, in eval mode."""
+    return load_classifier(model_dir, make=TokenTagger)

@@ -38,6 +38,7 @@ from common.model import (
     set_weights,
 )
 from common.privacy import guarantee_sentence
+from common.token_model import build_tagger
 from server.hardware import hardware_summary, report_lines as hardware_lines
 from server.head_init import label_names_prior
 from server.live_status import LiveStatus
@@ -164,7 +165,7 @@ def run(grid: Grid, context: Context) -> None:
                                    "config_sha256": hashlib.sha256(cfg.to_json().encode()).hexdigest(),
                                    "base_model": cfg.model or EMBEDDED_MODEL, "base_model_digest": model_digest(cfg.model),
                                    "labels": list(cfg.labels), "secure_aggregation": cfg.secure_aggregation})
-    model = build_model(cfg)
+    model = build_tagger(cfg, cfg.labels) if cfg.task == "ner" else build_model(cfg)
     if resumed:
         done = int(resumed["last_round"])
         last_model = max(resumed["completed_rounds"], default=0)
@@ -200,7 +201,7 @@ def run(grid: Grid, context: Context) -> None:
         "seconds": round(time.monotonic() - started, 1),
         "status": "ok" if strategy.completed_rounds else "failed",
     }
-    summary["privacy"] = privacy_summary(strategy.site_privacy)
+    summary["privacy"] = privacy_summary(strategy.site_privacy, cfg.task)
     run_dir.append_report_section("Privacy (what each site reported of itself)", list(summary["privacy"].values()))
     summary["hardware"] = hardware_summary(run_dir.path / "metrics.jsonl")
     run_dir.append_report_section("Hardware (what each site reported of itself)", hardware_lines(summary["hardware"]))
@@ -243,7 +244,7 @@ def model_digest(name: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:
+def privacy_summary(site_privacy: dict[str, dict], task: str = "classify") -> dict[str, str]:
     """One exact sentence per site, from what each site last reported about itself."""
     out = {}
     for name, rep in sorted(site_privacy.items()):
@@ -251,7 +252,7 @@ def privacy_summary(site_privacy: dict[str, dict]) -> dict[str, str]:
             n_eval = rep.get("eval_records")
             out[name] = guarantee_sentence(name, float(rep["epsilon"]), float(rep["delta"]), str(rep["accountant"]),
                                            int(rep["records"]), None if n_eval is None else int(n_eval),
-                                           json.loads(rep["mechanisms"]) if rep.get("mechanisms") else None)
+                                           json.loads(rep["mechanisms"]) if rep.get("mechanisms") else None, task)
         else:
             out[name] = f"site {name}: NO differential privacy (turned off at the site with --no-dp)."
     return out

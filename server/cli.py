@@ -59,7 +59,7 @@ from server.tracking import RunFollower, add_tracking_options
 COMMANDS = ("init", "enroll", "renew", "run", "resume", "status", "report")
 
 # fl-server takes every run option except the simulation-only ones.
-_RUN_KEYS = ("run-dir", "model", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
+_RUN_KEYS = ("run-dir", "model", "task", "labels", "rounds", "min-sites", "local-epochs", "batch-size",
              "learning-rate", "head-learning-rate", "head-init", "head-epsilon-share", "max-length", "trainable",
              "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",

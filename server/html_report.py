@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from common.files import atomic_write_text
+from server.entity_round import entity_lines
 from server.fairness_round import fairness_lines
 from server.run_status import RunView, status_lines
 
@@ -111,6 +112,10 @@ def render(view: RunView, compared: tuple | None = None) -> str:
             parts.append(f"<tr><td>{r['round']}</td><td>{e(str(r.get('status', '')))}</td><td>{acc}</td><td>{f1}</td>"
                          f"<td>{e(', '.join(sorted(map(str, r.get('fit') or {}))))}</td><td>{r.get('seconds', '')}</td></tr>")
         parts.append("</table>")
+    entities = next((r["entities"] for r in reversed(view.rounds) if r.get("entities")), None)
+    if entities:  # task ner: the latest round's entity scores (server/entity_round.py)
+        parts.append("<h2>Entities (latest round)</h2><pre id=\"entities\">" + e("\n".join(entity_lines(entities)))
+                     + "</pre>")
     fairness = next((r["fairness"] for r in reversed(view.rounds) if r.get("fairness")), None)
     if fairness:  # the latest round with counts by group (docs/fairness.md)
         labels = tuple(str(x) for x in view.config.get("labels") or ())

@@ -20,6 +20,10 @@ from server.site_reports import Malformed, redaction_counts
 # arrive (server/site_reports.py), and the card does not rely on that.
 _MARKDOWN_SPECIAL = "\\`*_[]<>|~#"
 
+NER_LIMITATIONS = [
+    "Task ner: the DP unit is one sentence (a CoNLL sentence of the site's file): a document or a "
+    "person spread over many sentences is protected only through group privacy.",
+]
 LIMITATIONS = [
     "Differential privacy protects each site's training records (record-level); evaluation "
     "confusion matrices (per group too, where a site reports groups) and record counts leave the "
@@ -41,6 +45,8 @@ def _last_report(run_dir: Path) -> dict | None:
 def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str, dict]) -> list[tuple[str, object]]:
     """(heading, content) pairs; content is a string, a list of strings, or a table (header, rows)."""
     report = _last_report(run_dir)
+    ner = cfg.task == "ner"
+    unit = "sentences" if ner else "records"
     site_rows = []
     for name, rep in sorted(sites.items()):
         try:
@@ -50,18 +56,20 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
         site_rows.append([name, str(rep.get("records", "?")), str(rep.get("eval_records", "?")),
                           ", ".join(f"{k} {v}" for k, v in sorted(red.items())) or "none found"])
     sections: list[tuple[str, object]] = [
-        ("Task", f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
+        ("Task", f"Named-entity recognition: a tag per word, IOB2, {len(cfg.labels)} tags: {', '.join(cfg.labels)}."
+         if ner else f"Text classification into {len(cfg.labels)} labels: {', '.join(cfg.labels)}."),
         ("Base model", f"{cfg.model or EMBEDDED_MODEL}; trainable set: {cfg.trainable}"
                        + (f" (LoRA r={cfg.lora_r} on {', '.join(cfg.lora_targets)} + head)" if cfg.trainable == "lora" else "")
-                       + "; the head is linear, on the mean of the last hidden states"
+                       + ("; the head is linear, on each token's last hidden state (a word's tag is read from its "
+                          "first sub-token)" if ner else "; the head is linear, on the mean of the last hidden states")
                        + (" (L2-normalised), started in round 1 from the sites' released head statistics (ridge "
                           "least squares; under DP each site's release is a Gaussian mechanism charged to its ledger)"
                           if cfg.head_init == "stats" else ", started at random")),
         ("Training", f"{len(summary.get('rounds_completed', []))} of {summary.get('rounds_planned')} federated "
                      f"rounds completed (run {summary.get('run_id')}); failed rounds: "
                      f"{summary.get('rounds_failed') or 'none'}; server step: {server_step(cfg)}."),
-        ("Sites (names and record counts only) and PII redaction (placeholders inserted, by type)",
-         (["site", "training records", "held-out records", "redactions"], site_rows)),
+        (f"Sites (names and {unit[:-1]} counts only) and PII redaction (placeholders inserted, by type)",
+         (["site", f"training {unit}", f"held-out {unit}", "redactions"], site_rows)),
         ("Differential privacy, per site", list(summary.get("privacy", {}).values()) or ["no site trained"]),
         ("Secure aggregation", "on (Flower SecAgg+): the server saw only the sum of the sites' updates"
          if cfg.secure_aggregation else "OFF: the server saw each site's update"),
@@ -70,22 +78,37 @@ def card_sections(run_dir: Path, cfg: RunConfig, summary: dict, sites: dict[str,
         fed = report["federation"]["report"]
         rows = [[label, *(f"{fed[label][m]:.3f}" for m in ("precision", "recall", "f1-score")),
                  str(int(fed[label]["support"]))] for label in cfg.labels if label in fed]
-        sections.append((f"Per-class metrics (all sites' eval splits, round {report['round']})",
+        if ner:
+            sections.append(entity_section(report))
+        sections.append((f"Per-{'tag metrics, word level' if ner else 'class metrics'} (all sites' eval splits, "
+                         f"round {report['round']})",
                          (["label", "precision", "recall", "F1", "support"], rows)))
         per_site = [[name, f"{s['report'].get('accuracy', float('nan')):.3f}",
                      f"{s['report'].get('macro avg', {}).get('f1-score', float('nan')):.3f}"]
                     for name, s in sorted(report["sites"].items())]
         sections.append(("Per-site metrics", (["site", "accuracy", "macro-F1"], per_site)))
-        sections += fairness_sections(report, cfg.labels, cfg.max_fairness_gap)
+        if not ner:
+            sections += fairness_sections(report, cfg.labels, cfg.max_fairness_gap)
     sections += [
-        ("Explanations", "Token attributions for any prediction of this model (Integrated Gradients, Captum): "
+        ("Explanations", "fl-predict RUN_DIR --text TEXT lists each text's entities (type, words, character span, "
+                         "score); word attributions (--explain) are for classification runs." if ner else
+                         "Token attributions for any prediction of this model (Integrated Gradients, Captum): "
                          "fl-predict RUN_DIR --text TEXT --explain [--html FILE]; an example page: "
                          "docs/explanation-example.html in FedSilo's repository; how to read it: docs/explanations.md."),
         ("Audit", f"Coordinator audit log {summary.get('audit_log')}, chain head {summary.get('audit_head')}; "
                   f"final model digest {summary.get('final_model_digest')}. Check with: fl-audit verify LOG."),
-        ("Known limitations", LIMITATIONS),
+        ("Known limitations", (NER_LIMITATIONS if ner else []) + LIMITATIONS),
     ]
     return sections
+
+
+def entity_section(report: dict) -> tuple[str, object]:
+    """Entity-level scores of the last round: seqeval's exact match, on the summed site counts."""
+    fed = (report.get("entities") or {}).get("federated") or {}
+    rows = [[kind, *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1-score")), str(int(m["support"]))]
+            for kind, m in fed.items()]
+    return (f"Entities (seqeval, exact match; all sites' eval splits, round {report['round']})",
+            (["entity type", "precision", "recall", "F1", "entities"], rows))
 
 
 def fairness_sections(report: dict, labels: tuple[str, ...], max_gap: float) -> list[tuple[str, object]]:

@@ -15,7 +15,8 @@ from common.errors import FedSiloError, cli_entry
 
 DESCRIPTION = """Classify texts with the final global model of a FedSilo run directory.
 Prints one JSON object per text: the predicted label and its probability; with --explain also the
-words that pushed toward and away from that label (Integrated Gradients, Captum)."""
+words that pushed toward and away from that label (Integrated Gradients, Captum). For a run of
+task ner: each text's entities instead, with their type, words, character span and score."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_final_model(run_dir: Path):
     from transformers import AutoTokenizer
 
-    from common.model import HEAD_FILE, load_classifier, quiet_transformers
+    from common.model import HEAD_FILE, TOKEN_HEAD, load_classifier, quiet_transformers, saved_head
+    from common.token_model import load_tagger
 
     quiet_transformers()
     model_dir = run_dir / "final-model"
@@ -51,7 +53,8 @@ def load_final_model(run_dir: Path):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
         raise FedSiloError(f"{model_dir}: cannot load the tokenizer ({str(err).splitlines()[0][:160]})") from None
-    return tokenizer, load_classifier(model_dir)
+    tagger = saved_head(model_dir)[1] == TOKEN_HEAD  # a run of task ner
+    return tokenizer, (load_tagger if tagger else load_classifier)(model_dir)
 
 
 def predict(tokenizer, model, texts: list[str], max_length: int) -> list[dict]:
@@ -102,6 +105,14 @@ def main(argv=None) -> int:
         max_length = json.loads(config.read_text())["max_length"] if config.is_file() else 128
     tokenizer, model = load_final_model(run_dir)
     model.to(device)
+    if getattr(model, "head_reads", None):  # a tagger (task ner): entities, not a label
+        if args.explain:
+            raise FedSiloError("--explain explains a classifier's label; this run's model tags entities (task ner)")
+        from server.predict_ner import tag_texts
+
+        for row in tag_texts(tokenizer, model, texts, max_length):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
     rows = predict(tokenizer, model, texts, max_length)
     if args.explain:
         from server.explain import explain, render_html

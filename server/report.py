@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.metrics import classification_report
 
 from common.errors import printable
+from server.entity_round import entity_text
 from server.fairness_round import fairness_text
 from server.site_reports import MAX_TEXT
 
@@ -52,8 +53,11 @@ def round_line(record: dict, rounds: int) -> str:
     parts = [f"round {record['round']}/{rounds}"]
     if record.get("status") == "failed":
         parts.append(f"FAILED (model unchanged): {record.get('failed_reason') or 'see the log'}")
+    if entities := entity_text(record):  # a NER run: entities first, then its word-level scores
+        parts.append(entities)
     if record.get("eval_examples"):
-        parts.append(f"accuracy {record['accuracy']:.3f}  macro-F1 {record['macro_f1']:.3f}")
+        parts.append(f"{'token accuracy' if entities else 'accuracy'} {record['accuracy']:.3f}  "
+                     f"macro-F1 {record['macro_f1']:.3f}")
     else:
         parts.append("no evaluation results")
     name = lambda n: printable(str(n), 100)  # noqa: E731 - names are checked already; a line stays a line

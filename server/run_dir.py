@@ -177,6 +177,7 @@ class RunDir:
                           labels: tuple[str, ...], record: dict) -> None:
         # Imported here: scikit-learn takes seconds to import, and fl-server / fl-sim should refuse
         # bad input without that wait (only the ServerApp writes reports).
+        from server.entity_round import entity_lines
         from server.fairness_round import fairness_lines
         from server.report import report_dict, report_text
 
@@ -186,9 +187,11 @@ class RunDir:
             "sites": {name: {"confusion": c.tolist(), "report": report_dict(c, labels)}
                       for name, c in sorted(per_site.items())},
             **({"fairness": record["fairness"]} if record.get("fairness") else {}),
+            **({"entities": record["entities"]} if record.get("entities") else {}),
         }
         atomic_write_json(self.path / "reports" / f"round-{server_round:04d}.json", report)
-        text = [f"Classification report after round {server_round}", "",
+        words = " (NER: word-level, each word's tag)" if record.get("entities") else ""
+        text = [f"Classification report after round {server_round}{words}", "", *entity_lines(record.get("entities")),
                 "== federation (all sites' eval splits) ==", report_text(total, labels)]
         for name, c in sorted(per_site.items()):
             text += [f"== site {name} ==", report_text(c, labels)]

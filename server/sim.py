@@ -6,9 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common.cliparse import Parser
 from common.config import RUN_OPTIONS, add_run_options, run_config_from_args
 from common.data import encode_labels, label_set_of, partition, read_records
+from common.ner_data import encode_tags, read_sentence_records, tag_set
 from common.errors import FedSiloError, cli_entry
 from common.fairness import add_fairness_options, fairness_from_args
 from common.launch import (coordinator_env, flower_env, flower_script, free_port, private_flwr_home, spawn, stop,
@@ -65,8 +68,12 @@ def main(argv=None) -> int:
     text_col = args.text_column or "text"
     label_col = args.label_column or "label"
     fairness = fairness_from_args(args)
-    records = read_records(data, text_col, label_col, fairness.group_column)  # fail here, not in N subprocesses
-    labels = args.labels or ",".join(label_set_of(records))
+    ner = args.task == "ner"  # a CoNLL file of sentences, one record each (common/ner_data.py)
+    if ner:
+        records = read_sentence_records(data, fairness.group_column)
+    else:
+        records = read_records(data, text_col, label_col, fairness.group_column)  # fail here, not in N subprocesses
+    labels = args.labels or ",".join(tag_set(records) if ner else label_set_of(records))
     run_dir = Path(args.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     absolute_local_paths(args)
     overrides = {"sim-data": str(data), "sim-device": resources.device, "labels": labels, "run-dir": str(run_dir),
@@ -82,8 +89,9 @@ def main(argv=None) -> int:
         raise FedSiloError(f"--min-sites {cfg.min_sites} is more than --sites {args.sites}")
     if args.sites > len(records):
         raise FedSiloError(f"--sites {args.sites}: the file has only {len(records)} records")
-    partition(encode_labels(records, cfg.labels, str(data)), args.sites, cfg.partition,
-              cfg.dirichlet_alpha, cfg.seed)  # the split every virtual site will make
+    partition(encode_labels(records, cfg.labels, str(data)) if not ner else np.zeros(len(encode_tags(
+        records, cfg.labels, str(data))), dtype=np.int64), args.sites, cfg.partition, cfg.dirichlet_alpha,
+        cfg.seed)  # the split every virtual site will make
     check_model(cfg.model)
     follower = RunFollower(run_dir, args.tensorboard, args.mlflow)  # a wrong tracking URI stops here
     rd = RunDir(run_dir)
@@ -94,7 +102,8 @@ def main(argv=None) -> int:
     if resumed:
         print(f"fl-sim: resuming the run in {rd.path} after round {resumed['last_round']} of {cfg.rounds}",
               flush=True)
-    print(f"fl-sim: {len(records)} records, {len(cfg.labels)} labels, {args.sites} virtual sites "
+    print(f"fl-sim: {len(records)} {'sentences' if ner else 'records'}, {len(cfg.labels)} "
+          f"{'tags' if ner else 'labels'}, {args.sites} virtual sites "
           f"({cfg.partition}), {cfg.rounds} rounds -> {rd.path}", flush=True)
     print(f"fl-sim: on {resources.describe()}", flush=True)
 

@@ -29,7 +29,8 @@ FIT_FIELDS = frozenset({"site", "records", "eval_records", "redactions", "dp", "
                         "accountant", "noise_multiplier", "sample_rate", "steps", "mechanisms", "train_loss",
                         "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib",
                         "ray_node"})
-EVAL_FIELDS = frozenset({"site", "confusion", "group_confusion", "time_load", "time_tokenise", "time_evaluate"})
+EVAL_FIELDS = frozenset({"site", "confusion", "group_confusion", "entity_counts", "time_load", "time_tokenise",
+                         "time_evaluate"})
 # What the coordinator keeps of each site's last fit report (state.json, the summary, the card).
 PRIVACY_KEYS = ("dp", "epsilon", "delta", "budget", "accountant", "records", "eval_records", "redactions",
                 "mechanisms")
@@ -207,6 +208,25 @@ def group_confusions(text, k: int, confusion: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
+def entity_counts(text, types: tuple[str, ...], words: int) -> dict[str, dict[str, int]]:
+    """A site's NER entity counts (common/ner_report.py): a JSON object of the run's entity types
+    to {"tp", "pred", "true"} whole counts, with tp <= pred, tp <= true and, since every entity
+    spans a word at least, no more entities found or true than the words the site evaluated."""
+    counts = _json(text, "entity_counts", 128 * len(types) + 64, 2)
+    if not isinstance(counts, dict) or not set(counts) <= set(types):
+        raise Malformed("entity_counts", "not a JSON object keyed by the run's entity types")
+    out = {}
+    for kind, c in counts.items():
+        if not isinstance(c, dict) or set(c) != {"tp", "pred", "true"}:
+            raise Malformed("entity_counts", "each type needs exactly tp, pred and true")
+        out[kind] = {key: _int(c[key], "entity_counts", 0, MAX_RECORDS) for key in ("tp", "pred", "true")}
+        if out[kind]["tp"] > min(out[kind]["pred"], out[kind]["true"]):
+            raise Malformed("entity_counts", "more entities found right than found, or than there are")
+    if any(sum(c[key] for c in out.values()) > words for key in ("pred", "true")):
+        raise Malformed("entity_counts", f"more entities than the {words} words evaluated")
+    return out
+
+
 # ----------------------------------------------------------------------------- reports
 _CHECKS = {
     "records": lambda v, f: _int(v, f, 0, MAX_RECORDS),
@@ -271,12 +291,14 @@ def fit_report(metrics, num_examples) -> dict:
     return _check_fields(metrics, FIT_FIELDS)
 
 
-def evaluate_report(metrics, num_examples, loss, k: int) -> tuple[dict, np.ndarray | None]:
+def evaluate_report(metrics, num_examples, loss, k: int, entity_types: tuple[str, ...] = ()
+                    ) -> tuple[dict, np.ndarray | None]:
     """The checked metrics of an evaluate reply and its k x k confusion matrix (None when the
-    site holds out no records); raises Malformed."""
+    site holds out no records); raises Malformed. entity_types: a NER run's (its replies count
+    words, and entities by type); a classification run takes no entity counts."""
     _int(num_examples, "num_examples", 0, MAX_RECORDS)
     _number(loss, "loss", -1e9, 1e9, nan_ok=True)
-    clean = _checked(metrics, EVAL_FIELDS, skip=("confusion", "group_confusion"))  # parsed below, bounded first
+    clean = _checked(metrics, EVAL_FIELDS, skip=("confusion", "group_confusion", "entity_counts"))  # parsed below
     if "confusion" not in metrics:
         if num_examples:
             raise Malformed("confusion", f"missing for {num_examples} evaluated records")
@@ -288,6 +310,10 @@ def evaluate_report(metrics, num_examples, loss, k: int) -> tuple[dict, np.ndarr
         raise Malformed("confusion", f"counts {int(confusion.sum())} records, the reply says {num_examples}")
     if "group_confusion" in metrics:  # dict of group -> matrix, for server/fairness_round.py
         clean["group_confusion"] = group_confusions(metrics["group_confusion"], k, confusion)
+    if ("entity_counts" in metrics) != bool(entity_types):
+        raise Malformed("entity_counts", "missing in a NER run" if entity_types else "sent in a classification run")
+    if entity_types:  # for server/entity_round.py
+        clean["entity_counts"] = entity_counts(metrics["entity_counts"], entity_types, num_examples)
     return clean, confusion
 
 

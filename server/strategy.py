@@ -17,14 +17,8 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-from flwr.common import (
-    EvaluateRes,
-    FitRes,
-    Parameters,
-    Scalar,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
+from flwr.common import (EvaluateRes, FitRes, Parameters, Scalar, ndarrays_to_parameters,
+                         parameters_to_ndarrays)
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -36,6 +30,7 @@ from common.config import RunConfig
 from common.errors import FedSiloError, printable
 from common.model import weights_digest
 from common.updates import pack, unpack, update_problem
+from server.entity_round import EntityCounts, entity_types
 from server.fairness_round import GroupCounts
 from server.report import report_dict, round_line
 from server.head_init import release_shapes, with_solved_head
@@ -356,9 +351,10 @@ class FedSiloStrategy(FedAvg):
         per_site: dict[str, np.ndarray] = {}
         timings: dict[str, dict[str, float]] = {}  # seconds each site spent, by step
         used, malformed, groups = [], [], GroupCounts()  # checked replies (server/site_reports.py), the others
+        entities, types = EntityCounts(), entity_types(self.cfg.labels) if self.cfg.task == "ner" else ()
         for proxy, res in results:
             try:
-                clean, confusion = evaluate_report(res.metrics, res.num_examples, res.loss, k)
+                clean, confusion = evaluate_report(res.metrics, res.num_examples, res.loss, k, types)
             except Malformed as bad:
                 malformed.append(self._malformed(server_round, proxy, res, "evaluate", bad, "report left out"))
                 continue
@@ -369,6 +365,7 @@ class FedSiloStrategy(FedAvg):
             per_site[name] = confusion
             total += confusion
             groups.add(name, clean)
+            entities.add(name, clean)
             timings[name] = {key: v for key, v in clean.items() if key.startswith("time_")}
         for text in malformed:
             log(WARNING, "round %d: a site failed: %s", server_round, text)
@@ -387,7 +384,7 @@ class FedSiloStrategy(FedAvg):
             "seconds": round(time.monotonic() - self._round_start, 2),
             "status": "failed" if server_round in self.failed_rounds else "ok",
             "failed_reason": self.failed_rounds.get(server_round),
-            **groups.record(self.cfg.labels, self.cfg.max_fairness_gap),
+            **groups.record(self.cfg.labels, self.cfg.max_fairness_gap), **entities.record(),
         })
         self.run_dir.save_round_report(server_round, total, per_site, self.cfg.labels, record)
         self._audit_round(server_round, record)
