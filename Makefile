@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 PROFILE ?= quick
 
-.PHONY: setup browser demo test test-fast test-load bench bench-smoke bench-dp clean
+.PHONY: setup browser demo test test-fast test-faults test-load bench bench-smoke bench-dp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: setup browser
 
 test-fast: setup browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-faults: setup
+	$(BIN)/python -m pytest --faults -m faults $(PYTEST_ARGS)
 
 test-load: setup
 	$(BIN)/python -m pytest --load -s tests/test_load.py $(PYTEST_ARGS)

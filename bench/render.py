@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from render_common import fmt, provenance, table
-from render_fairness import fairness_md
+from render_fairness import fairness_md, ner_md
 from render_privacy import privacy_audit_md, redaction_md
 from render_plots import (dp_data_size_png, dp_speed_png, round_efficiency_png, scale_png, secagg_overhead_png,
                           traffic_png, utility_png)
@@ -38,11 +38,13 @@ README = BENCH / "README.md"
 FULL = BENCH / "results" / "full"  # the profile whose results bench/README.md shows
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-ORDER = ["utility", "fairness", "privacy_audit", "redaction", "small_sites", "private_head", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "ner", "ner-dev", "fairness", "privacy_audit", "redaction", "small_sites", "private_head", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 SECTIONS = {  # result file stem -> (title, Markdown, plot)
     "utility": ("Utility on real data", utility_md, utility_png),
     "fairness": ("Fairness by group on HateCheck", fairness_md, None),
+    "ner": ("NER on NCBI-disease (test file)", ner_md, None),
+    "ner-dev": ("NER on NCBI-disease (dev file: choosing the recipe)", ner_md, None),
     "privacy_audit": ("Privacy audit: an empirical lower bound on ε", privacy_audit_md, None),
     "redaction": ("Redaction on public text", redaction_md, None),
     "head_features": ("What the classification head sees (DP diagnosis)", head_features_md, None),

@@ -32,3 +32,16 @@ def fairness_md(d: dict, plots: list[str]) -> list[str]:
                 [[g, n, *(fmt(by_arm[a].get(g), 3) for a in arms), *(f"{f(g):+.3f}" for _, f in extra)]
                  for g, n in groups.items()])
     return md + [f"![plot]({p})" for p in plots]
+
+
+def ner_md(d: dict, plots: list[str]) -> list[str]:
+    """bench/ner.py: entity-level scores by arm, and each arm's distance to the centralised ceiling."""
+    summary, setup = d["summary"], d["setup"]
+    md = [f"NCBI-disease, {setup['sites']} sites (IID), {setup['scored_sentences']} sentences scored "
+          f"({setup['data']}); ε = {setup['epsilon']:g} per site for the DP arm; entity F1 is seqeval's exact "
+          f"match; mean over {max((s['seeds'] for s in summary), default=0)} seed(s).", ""]
+    md += table(["arm", "seeds", "entity F1", "precision", "recall", "word accuracy", "points below the ceiling"],
+                [[s["arm"], s["seeds"], fmt(s["entity_f1"], 3), fmt(s["entity_precision"], 3),
+                  fmt(s["entity_recall"], 3), fmt(s["word_accuracy"], 3), fmt(s["points_below_ceiling"], 1)]
+                 for s in summary])
+    return md

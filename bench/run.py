@@ -26,6 +26,7 @@ BENCH = REPO / "bench"
 SUITE = {
     "utility": ("quick", "full"),
     "fairness": ("quick", "full"),
+    "ner": ("quick", "full"),
     "privacy_audit": ("quick", "full"),
     "redaction": ("quick", "full"),
     "head_features": ("quick", "full"),

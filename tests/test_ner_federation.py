@@ -104,7 +104,7 @@ def test_ner_over_tls_with_secagg_and_dp(tiny_model, ner_dir, tmp_path):
     fed = provision(tmp_path, ["A", "B"], port)
     run_dir = tmp_path / "run"
     logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("server", "A", "B")}
-    server = start("fl-server", "--federation", fed, "--task", "ner", "--labels", TAGS, "--rounds", 2,
+    server = start("fl-server", "--federation", fed, "--task", "ner", "--labels", TAGS, "--rounds", 1,
                    "--min-sites", 2, "--model", tiny_model, "--batch-size", 16, "--run-dir", run_dir,
                    log=logs["server"])
     sites = []
@@ -122,14 +122,14 @@ def test_ner_over_tls_with_secagg_and_dp(tiny_model, ner_dir, tmp_path):
             fh.close()
     out = (tmp_path / "server.log").read_text()
     assert code == 0, out[-4000:]
-    assert "round 2/2 | entity-F1" in out and "epsilon A=" in out
+    assert "round 1/1 | entity-F1" in out and "epsilon A=" in out
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["secure_aggregation"] and summary["rounds_completed"] == [1, 2]
+    assert summary["secure_aggregation"] and summary["rounds_completed"] == [1]
     assert all("sentence-level" in summary["privacy"][n] and "96 training sentences" in summary["privacy"][n]
                for n in ("A", "B"))
     for name in ("A", "B"):
         ledger = json.loads(default_ledger_path(tmp_path / f"site-{name}.conll").read_text())
-        assert len(ledger["entries"]) == 2  # both rounds charged, at the site
+        assert len(ledger["entries"]) == 1  # the round charged, at the site
         assert "sentences (CoNLL, task ner)" in (tmp_path / f"{name}.log").read_text()
     assert verify_log(run_dir / "audit.jsonl").ok
     assert "metformin" not in out and "diabetes" not in out  # no word of a site's data reaches the server

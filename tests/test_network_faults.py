@@ -2,8 +2,8 @@
 host its own Linux network namespace), a site killed with kill -9 mid-round and started again,
 and sites that never come. Real SuperLink, gateway, SuperNodes, TLS and kernel links; no mocks.
 
-How Flower 1.42 notices a dead site (read in flwr/common/constant.py, flwr/supercore/heartbeat.py
-and flwr/server/superlink/linkstate/): every SuperNode sends a heartbeat about every 20 s
+How Flower 1.42 notices a dead site (flwr/common/constant.py, flwr/supercore/heartbeat.py,
+flwr/server/superlink/linkstate/): every SuperNode sends a heartbeat about every 20 s
 ((HEARTBEAT_DEFAULT_INTERVAL 30 s - 5 s call timeout) x 0.8 +- 0.1) and promises the next within
 30 s; the SuperLink counts a node online until HEARTBEAT_PATIENCE (2) x 30 s = 60 s after its last
 heartbeat. After that, any message still waiting for that node gets a "Node Unavailable" error
@@ -18,8 +18,7 @@ the key (code 2004, as for a key it does not know) until the old session's 60 s 
 and fl-client waits that out instead of reporting an unenrolled key (client/cli.py).
 
 A site left running between runs: the next fl-server's fresh SuperLink answers the old session
-with 401, and fl-client starts a fresh SuperNode (client/supernode_process.py).
-"""
+with 401, and fl-client starts a fresh SuperNode. Long runs: `faults`, run by `make test-faults`."""
 
 from __future__ import annotations
 
@@ -108,6 +107,7 @@ def superlink_node(run_dir: Path, site: str) -> dict:
     return dict(zip(("status", "online_until", "activated", "deactivated"), row))
 
 
+@pytest.mark.faults
 def test_link_cut_mid_round_the_round_completes_and_the_site_rejoins(tiny_model, demo_dir, tmp_path):
     why = netns.unavailable()
     if why:
@@ -183,6 +183,7 @@ def test_link_cut_mid_round_the_round_completes_and_the_site_rejoins(tiny_model,
 
 
 # --------------------------------------------------------------------------------------- (b)
+@pytest.mark.faults
 def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_model, demo_dir, tmp_path):
     port = free_port()
     fed = provision(tmp_path, "127.0.0.1", port, ["A", "B"])
@@ -294,6 +295,7 @@ def test_site_killed_mid_round_restarts_and_rejoins_with_its_ledger_intact(tiny_
     assert ledger.spent() <= 20
 
 
+@pytest.mark.faults
 def test_whole_site_crash_restart_waits_out_its_old_session(tiny_model, demo_dir, tmp_path):
     """Every process of a site killed at once (power loss): nothing signs off, so the SuperLink
     counts the old session online for up to 60 s and refuses the key meanwhile (code 2004). The
@@ -371,11 +373,10 @@ def test_sites_that_never_come_end_the_run_with_one_clear_line(tiny_model, demo_
 
 
 # --------------------------------------------------------------------------------------- (d)
+@pytest.mark.faults
 def test_a_site_left_running_takes_part_in_the_coordinators_next_run(tiny_model, demo_dir, tmp_path):
-    """Sites keep fl-client running; the coordinator starts one fl-server per run, each with a
-    fresh SuperLink that does not know the sessions of the last. The old session's next call is
-    refused (401) and Flower's SuperNode shuts itself down half-way: fl-client must start a fresh
-    SuperNode, not retry into nothing (which left every site out of the next run)."""
+    """One fl-server per run, each a fresh SuperLink: the old session's next call is refused (401) and
+    fl-client must start a fresh SuperNode, not retry into nothing (every site was left out)."""
     port = free_port()
     fed = provision(tmp_path, "127.0.0.1", port, ["A"])
     log = open(tmp_path / "A.log", "w")

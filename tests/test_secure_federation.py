@@ -183,6 +183,7 @@ def kill_site(proc):
     proc.wait()
 
 
+@pytest.mark.faults
 def test_secagg_survives_one_dropout_and_reports_too_many(tiny_model, demo_dir, tmp_path):
     port = free_port()
     names = ["A", "B", "C", "D"]
