@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --explain: also write a page that colours each word by its attribution")
     p.add_argument("--steps", type=int, default=50,
                    help="with --explain: integration steps (more: a smaller error 'delta') [default: 50]")
+    p.add_argument("--format", choices=("json", "text"), default="json",
+                   help="json: one JSON object per text; text: one line per text, its label and probability, "
+                        "or (task ner) the text with each entity marked [words](TYPE) [default: json]")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP.replace("the site", "it"))
     return p
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     device = resolve(args.device)  # CUDA where there is none: one line, before anything is loaded
     if args.html and not args.explain:
         raise FedSiloError("--html writes the explanations: give --explain too")
+    if args.explain and args.format == "text":
+        raise FedSiloError("--explain writes JSON: leave out --format text")
     if not 1 <= args.steps <= 1000:
         raise FedSiloError(f"--steps {args.steps}: give 1 to 1000")
     run_dir = Path(args.run_dir)
@@ -108,10 +113,10 @@ def main(argv=None) -> int:
     if getattr(model, "head_reads", None):  # a tagger (task ner): entities, not a label
         if args.explain:
             raise FedSiloError("--explain explains a classifier's label; this run's model tags entities (task ner)")
-        from server.predict_ner import tag_texts
+        from server.predict_ner import marked, tag_texts
 
         for row in tag_texts(tokenizer, model, texts, max_length):
-            print(json.dumps(row, ensure_ascii=False))
+            print(marked(row) if args.format == "text" else json.dumps(row, ensure_ascii=False))
         return 0
     rows = predict(tokenizer, model, texts, max_length)
     if args.explain:
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
             except OSError as err:
                 raise FedSiloError(f"--html {args.html}: cannot write ({err.strerror})") from None
     for row in rows:
-        print(json.dumps(row, ensure_ascii=False))
+        print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}" if args.format == "text"
+              else json.dumps(row, ensure_ascii=False))
     if args.html:
         print(f"fl-predict: wrote {args.html}", file=sys.stderr)
     return 0

@@ -51,3 +51,12 @@ def tag_texts(tokenizer, model, texts: list[str], max_length: int) -> list[dict]
                         for kind, a, b in entity_spans(chosen)]
             rows.append({"text": text, "entities": entities})
     return rows
+
+
+def marked(row: dict) -> str:
+    """fl-predict --format text: the text with each entity as [words](TYPE)."""
+    text, out, at = row["text"], [], 0
+    for e in row["entities"]:
+        out += [text[at:e["start"]], f"[{text[e['start']:e['end']]}]({e['type']})"]
+        at = e["end"]
+    return "".join(out) + text[at:]

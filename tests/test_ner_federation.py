@@ -92,6 +92,8 @@ def test_fl_sim_learns_to_tag_and_fl_predict_finds_the_entities(tiny_model, ner_
     entities = json.loads(tagged.stdout.splitlines()[0])["entities"]
     assert {(e["type"], e["text"], e["start"], e["end"]) for e in entities} >= {("Drug", "metformin", 14, 23),
                                                                               ("Disease", "diabetes", 28, 36)}
+    text = run_cli("fl-predict", run_dir, "--format", "text", "--text", "She was given metformin for diabetes today .")
+    assert "[metformin](Drug)" in text.stdout and "[diabetes](Disease)" in text.stdout, text.stdout + text.stderr
     refused = run_cli("fl-predict", run_dir, "--text", "x", "--explain")
     assert refused.returncode != 0 and "task ner" in refused.stderr and "Traceback" not in refused.stderr
 
