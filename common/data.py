@@ -232,16 +232,25 @@ def encode_labels(records: Records, label_set: tuple[str, ...], source: str = "d
     records only, and the labels themselves are its `local_detail`, for the site's console: the
     server picks the label set, and would otherwise learn a site's labels by offering wrong ones."""
     index = {name: i for i, name in enumerate(label_set)}
-    unknown = sorted({lab for lab in records.labels if lab not in index})
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        detail = f"{source}: label(s) {shown} not in the run's label set ({', '.join(label_set)})"
-        if quote_values:
-            raise FedSiloError(detail)
-        # No values and no count leave the site: with a count, a server that adds a guessed label to
-        # the set would learn from the count's drop that the site holds it, and how often.
-        raise LocalDetailError(f"{source}: some records have labels outside the run's label set", detail)
+    refuse_unknown({lab for lab in records.labels if lab not in index}, "label", label_set, source, quote_values,
+                   "records have labels")
     return np.array([index[lab] for lab in records.labels], dtype=np.int64)
+
+
+def refuse_unknown(unknown: set[str], kind: str, known: tuple[str, ...], source: str, quote_values: bool,
+                   holders: str) -> None:
+    """One error for values outside the run's set (labels; task ner: tags), if there are any.
+    quote_values=False: a site answering the server, so the values stay in `local_detail`."""
+    if not unknown:
+        return
+    unknown = sorted(unknown)
+    shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    detail = f"{source}: {kind}(s) {shown} not in the run's {kind} set ({', '.join(known)})"
+    if quote_values:
+        raise FedSiloError(detail)
+    # No values and no count leave the site: with a count, a server that adds a guessed label to
+    # the set would learn from the count's drop that the site holds it, and how often.
+    raise LocalDetailError(f"{source}: some {holders} outside the run's {kind} set", detail)
 
 
 def label_set_of(records: Records) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.conll import Sentences, read_conll, redact_sentences, to_iob2
-from common.data import LocalDetailError, Records
+from common.data import Records, refuse_unknown
 from common.errors import FedSiloError
 
 TOKEN_SEP, TAG_SEP = "\t", " "
@@ -51,13 +51,8 @@ def encode_tags(records: Records, tags: tuple[str, ...], source: str = "data",
     """Each sentence's tag ids (an object array of int lists); a tag outside the run's set is an
     error that, at a real site (quote_values=False), names no tag to the server (common/data.py)."""
     index = {t: i for i, t in enumerate(tags)}
-    unknown = sorted({t for label in records.labels for t in label.split(TAG_SEP) if t not in index})
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        detail = f"{source}: tag(s) {shown} not in the run's tag set ({', '.join(tags)})"
-        if quote_values:
-            raise FedSiloError(detail)
-        raise LocalDetailError(f"{source}: some tokens have tags outside the run's tag set", detail)
+    refuse_unknown({t for label in records.labels for t in label.split(TAG_SEP) if t not in index}, "tag", tags,
+                   source, quote_values, "tokens have tags")
     out = np.empty(len(records), dtype=object)
     for i, label in enumerate(records.labels):
         out[i] = [index[t] for t in label.split(TAG_SEP)]
