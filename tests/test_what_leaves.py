@@ -40,7 +40,9 @@ FIT_FIELDS = {"site", "records", "eval_records", "redactions", "dp", "epsilon", 
               "time_load", "time_tokenise", "time_train", "device", "peak_rss_mib", "gpu_peak_mib", "ray_node"}
 EVAL_FIELDS = {"site", "confusion", "group_confusion", "time_load", "time_tokenise", "time_evaluate"}
 WARDS = ("north", "south", RARE_GROUP)  # the group values in the sites' files (tests/site_rounds.py)
-MAX_CORRELATION = 0.1  # |r| over 2,180 values: a masked vector gives ~0.02, the update itself 1.0
+# A masked vector is uniform noise: its |r| with an update of n values is about 1/sqrt(n) (0.02 for
+# 2,180 values, 0.04 for the 693 of head statistics); flag from 5 of those (p < 1e-6), the update itself gives 1.0
+CHANCE_SIGMAS = 5
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def what_leaks(reply, rnd: Round) -> list[str]:
         if array.size == n:
             for name, delta in sorted(rnd.deltas.items()):
                 r = np.corrcoef(array.astype(np.float64).ravel(), delta)[0, 1]
-                if abs(r) >= MAX_CORRELATION:
+                if abs(r) >= CHANCE_SIGMAS / np.sqrt(n):
                     problems.append(f"{where}: correlated with site {name}'s update (r={r:.2f})")
     for where, values in int_lists:
         runs = {tuple(values[i:i + 4]) for i in range(len(values) - 3)} & rnd.token_grams
