@@ -1,20 +1,24 @@
 """NER on NCBI-disease: the entity-level F1 (seqeval, exact match) of a tagger trained
 centrally, federated without DP and federated with DP-SGD at epsilon 8 per site, side by side.
 
-NCBI-disease's training sentences are shuffled over 4 virtual sites (`fl-sim --task ner`, IID:
-the only split task ner offers), each site holding out 10% for the federation's per-round
+NCBI-disease's training sentences go to 4 virtual sites (`fl-sim --task ner`), shuffled (IID) or
+by document (`--partition contiguous`: a block of the file each, in its order, which keeps an
+abstract's sentences together), each site holding out 10% for the federation's per-round
 evaluation. The centralised ceiling is the same code with one site holding every training
 sentence and no DP. Every arm trains the default embedded all-MiniLM-L6-v2 with the same recipe
 (LoRA + token head, trainable lora; under DP the site's default clipping and noise calibrated to
 epsilon 8 over the planned rounds); the final model of each run is then scored on the test file,
-which no arm trains on. `--split dev` scores on the dev file instead: recipes are chosen there.
+which no arm trains on. `--split dev` scores on the dev file instead: recipes are chosen there,
+with `--flags` (extra fl-sim options for the arms run) and `--arms`; the chosen ones are RECIPES.
 
     python bench/ner.py --profile quick|full [--out DIR] [--seeds 42,43] [--split dev|test]
+                        [--arms centralised,federated] [--flags "--local-epochs 2"]
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -29,8 +33,9 @@ from harness import (bench_args, bench_header, device_flags, earlier_rows, log, 
 BIN = Path(sys.executable).parent
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ncbi_disease"
 SITES, MAX_LENGTH, EVAL_FRACTION, EPSILON = 4, 96, 0.1, 8.0
-ARMS = {  # name: (sites, epsilon or None)
-    "centralised": (1, None), "federated": (SITES, None), "federated DP": (SITES, EPSILON),
+ARMS = {  # name: (sites, epsilon or None, partition)
+    "centralised": (1, None, "iid"), "federated": (SITES, None, "iid"), "federated DP": (SITES, EPSILON, "iid"),
+    "federated by document": (SITES, None, "contiguous"), "federated DP by document": (SITES, EPSILON, "contiguous"),
 }
 PROFILES = {
     "quick": {"train_sentences": 1200, "score_sentences": 400, "seeds": [42], "rounds": 3, "local_epochs": 1,
@@ -38,6 +43,7 @@ PROFILES = {
     "full": {"train_sentences": None, "score_sentences": None, "seeds": [42, 43, 44], "rounds": 4,
              "local_epochs": 1, "batch_size": 64},
 }
+RECIPES: dict[str, list[str]] = {arm: [] for arm in ARMS}  # fl-sim options per arm, chosen on dev
 FL_SIM_TIMEOUT = 3 * 3600.0
 
 
@@ -82,22 +88,23 @@ def scores(run_dir: Path, held, tags: tuple[str, ...]) -> dict:
             "word_accuracy": round(float(np.trace(confusion) / max(1, confusion.sum())), 4)}
 
 
-def run_arm(arm: str, data_file: Path, tags, seed: int, prof: dict, work: Path, held) -> dict:
-    sites, epsilon = ARMS[arm]
+def run_arm(arm: str, data_file: Path, tags, seed: int, prof: dict, work: Path, held, flags: list[str]) -> dict:
+    sites, epsilon, scheme = ARMS[arm]
     name = f"{arm.replace(' ', '_')}-seed{seed}"
     run_dir = work / f"run-{name}"
     cmd = [str(BIN / "fl-sim"), "--task", "ner", "--sites", str(sites), "--data", str(data_file),
            "--labels", ",".join(tags), "--rounds", str(prof["rounds"]), "--local-epochs", str(prof["local_epochs"]),
            "--batch-size", str(prof["batch_size"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed),
-           "--eval-fraction", str(EVAL_FRACTION), "--no-redact", "--run-dir", str(run_dir), *device_flags()]
+           "--eval-fraction", str(EVAL_FRACTION), "--partition", scheme, "--no-redact", "--run-dir", str(run_dir), *device_flags()]
     cmd += ["--no-dp"] if epsilon is None else ["--target-epsilon", str(epsilon), "--privacy-budget", str(epsilon)]
     if sites == 1:
         cmd += ["--min-sites", "1", "--no-secure-aggregation"]  # one site: nothing to aggregate securely
+    cmd += flags  # later options win: a recipe overrides the profile
     measured = run_measured(cmd, FL_SIM_TIMEOUT, work / f"fl-sim-{name}.log", every=2.0)
     if measured["returncode"] != 0 or not (run_dir / "summary.json").exists():
         return {"status": "timed out" if measured["timed_out"] else "failed", "log_tail": tail(work / f"fl-sim-{name}.log")}
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    result = {"status": "ok", "wall_seconds": measured["wall_seconds"],
+    result = {"status": "ok", "flags": flags, "wall_seconds": measured["wall_seconds"],
               "site_eval_entity_f1": [r.get("entity_f1") for r in rounds],  # what the coordinator saw, per round
               **scores(run_dir, held, tags)}
     fits = [f for r in rounds for f in r.get("fit", {}).values() if f.get("dp")]
@@ -126,12 +133,17 @@ def main() -> int:
     parser.add_argument("--seeds", default="", help="comma-separated subset of the profile's seeds")
     parser.add_argument("--split", choices=("dev", "test"), default="test",
                         help="score the final models on dev (choosing a recipe) or test [default: test]")
+    parser.add_argument("--arms", default="", help=f"comma-separated subset of {', '.join(ARMS)}")
+    parser.add_argument("--flags", default="", help="extra fl-sim options for every arm run, after its recipe "
+                        "(choosing a recipe on --split dev)")
     args = use_device(parser.parse_args())
     prof = PROFILES[args.profile]
     seeds = [int(s) for s in subset(args.seeds, prof["seeds"], "seeds", parser)]
+    arms = subset(args.arms, list(ARMS), "arms", parser)
     name = "ner" if args.split == "test" else "ner-dev"
     header = bench_header(name, args.profile, seeds)
-    rows, _ = earlier_rows(out_dir(args) / f"{name}.json", args.profile, lambda r: r["seed"], set(seeds))
+    rows, _ = earlier_rows(out_dir(args) / f"{name}.json", args.profile, lambda r: (r["arm"], r["seed"]),
+                           {(a, s) for a in arms for s in seeds})
     train = read(DATA / "train.conll")
     held = first(read(DATA / f"{args.split}.conll"), prof["score_sentences"], 0)
     from common.ner_data import tag_set
@@ -142,6 +154,7 @@ def main() -> int:
         return write_result(out_dir(args), name, {
             "header": header, "setup": {"data": f"ncbi_disease (train.conll over the sites, {args.split}.conll scored)",
                                         "sites": SITES, "epsilon": EPSILON, "tags": list(tags), "profile": prof,
+                                        "recipes": RECIPES,
                                         "scored_sentences": len(held)},
             "rows": rows, "summary": summarise(rows)})
 
@@ -149,9 +162,10 @@ def main() -> int:
         work = Path(tmp)
         for seed in seeds:
             data_file = write(work / f"train-{seed}.conll", first(train, prof["train_sentences"], seed))
-            for arm in ARMS:
+            for arm in arms:
                 log(f"ner: seed {seed}, {arm} ...")
-                row = {"arm": arm, "seed": seed, **run_arm(arm, data_file, tags, seed, prof, work, held)}
+                flags = RECIPES[arm] + shlex.split(args.flags)
+                row = {"arm": arm, "seed": seed, **run_arm(arm, data_file, tags, seed, prof, work, held, flags)}
                 rows.append(row)
                 log(f"ner: seed {seed}, {arm}: " + (f"entity F1 {row['entity_f1']:.3f} (P {row['entity_precision']:.3f} "
                                                     f"R {row['entity_recall']:.3f}), {row['wall_seconds']:.0f} s"

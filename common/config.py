@@ -114,8 +114,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("sim-data", str, "", "Simulation only: the data file partitioned over virtual sites."),
     Option("sim-device", str, "auto", "Simulation only: where every virtual site computes (auto, cpu "
            "or cuda: the GPU share Ray gives it with fl-sim --gpus-per-site)."),
-    Option("partition", str, "iid", "Simulation only: 'iid' or 'dirichlet' label skew.",
-           choices=("iid", "dirichlet")),
+    Option("partition", str, "iid", "Simulation only: 'iid' (shuffled), 'dirichlet' (label skew) or "
+           "'contiguous' (each site a block of the file in its order: by document where the file keeps a "
+           "document's records together, as CoNLL files do).", choices=("iid", "dirichlet", "contiguous")),
     Option("dirichlet-alpha", float, 0.5, "Simulation only: Dirichlet concentration (smaller = "
            "more skewed sites).", minimum=1e-3, maximum=1e6),
 )
@@ -281,7 +282,7 @@ class RunConfig:
 def _check_ner(values: dict[str, Any]) -> None:
     """What task ner does not do (yet): one clear line each."""
     refused = {"head_init": ("stats", "head-init stats solves a sentence classifier's head: use head-init none"),
-               "partition": ("dirichlet", "partition dirichlet skews labels per text: use partition iid"),
+               "partition": ("dirichlet", "partition dirichlet skews labels per text: use partition iid or contiguous"),
                "sim_group_column": (None, "sim-group-column: fairness by group is for text classification"),
                "sim_fairness_reweight": (True, "sim-fairness-reweight: fairness by group is for text classification"),
                "max_fairness_gap": (None, "max-fairness-gap: fairness by group is for text classification")}

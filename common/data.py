@@ -268,7 +268,8 @@ def split_train_eval(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarra
 
 
 def partition(labels: np.ndarray, num_parts: int, scheme: str, alpha: float, seed: int) -> list[np.ndarray]:
-    """Split indices over virtual sites: 'iid' (shuffled equal shares) or 'dirichlet' label skew.
+    """Split indices over virtual sites: 'iid' (shuffled equal shares), 'dirichlet' label skew or
+    'contiguous' (equal blocks in file order: whole documents, where the file keeps them together).
 
     Dirichlet follows the usual recipe (each class's records are divided over the sites in
     proportions drawn from Dir(alpha)); resampled until every site holds at least 2 records.
@@ -279,6 +280,8 @@ def partition(labels: np.ndarray, num_parts: int, scheme: str, alpha: float, see
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         return [np.sort(p) for p in np.array_split(rng.permutation(n), num_parts)]
+    if scheme == "contiguous":
+        return np.array_split(np.arange(n), num_parts)
     if scheme != "dirichlet":
         raise FedSiloError(f"partition: unknown scheme {scheme!r}")
     min_size = min(2, n // num_parts)

@@ -107,6 +107,13 @@ def test_dirichlet_partition_skews_labels():
     assert min(map(len, skewed)) >= 2
 
 
+def test_contiguous_partition_keeps_file_order_blocks_whatever_the_seed():
+    labels = np.arange(10) % 2
+    parts = partition(labels, 3, "contiguous", 0.5, seed=1)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert [p.tolist() for p in partition(labels, 3, "contiguous", 0.5, seed=7)] == [p.tolist() for p in parts]
+
+
 def test_partition_rejects_more_sites_than_records():
     with pytest.raises(FedSiloError, match="cannot split 3 records over 5 sites"):
         partition(np.zeros(3, dtype=int), 5, "iid", 0.5, 0)

@@ -4,6 +4,8 @@ fl-sim on Flower's simulation engine, and fl-server + fl-client over TLS with Se
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -73,15 +75,29 @@ def test_a_classification_site_refuses_a_ner_run(tiny_model, demo_dir, tmp_path)
 
 
 @pytest.mark.slow
-def test_fl_sim_learns_to_tag_and_fl_predict_finds_the_entities(tiny_model, ner_dir, tmp_path):
+def test_fl_sim_learns_to_tag_resumes_after_a_kill_and_fl_predict_finds_the_entities(tiny_model, ner_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("fl-sim", "--task", "ner", "--sites", 2, "--data", ner_dir / "all.conll", "--model", tiny_model,
-                   "--rounds", 3, "--trainable", "full", "--no-dp", "--local-epochs", 4, "--batch-size", 16,
-                   "--learning-rate", 1e-3, "--device", "cpu", "--run-dir", run_dir)
+    args = ("--task", "ner", "--sites", 2, "--data", ner_dir / "all.conll", "--model", tiny_model,
+            "--rounds", 3, "--trainable", "full", "--no-dp", "--local-epochs", 4, "--batch-size", 16,
+            "--learning-rate", 1e-3, "--device", "cpu", "--run-dir", run_dir)
+    # kill -9 the whole simulation (Ray too) once round 1 is reported, then run the same command again
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = start("fl-sim", *args, log=log)
+        try:
+            first = wait_for_text(tmp_path / "killed.log", "round 1/3 |", killed, timeout=600)
+            assert "fl-sim: 240 sentences, 5 tags, 2 virtual sites" in first
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait()
+    done = json.loads((run_dir / "state.json").read_text())["last_round"]
+    assert 1 <= done < 3 and not (run_dir / "summary.json").exists()
+    proc = run_cli("fl-sim", *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "fl-sim: 240 sentences, 5 tags, 2 virtual sites" in proc.stdout
+    assert f"resuming the run in {run_dir} after round {done} of 3" in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == [1, 2, 3]
+    assert verify_log(run_dir / "audit.jsonl").ok
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rounds[-1]["entity_f1"] > 0.8, rounds[-1].get("entities")
+    assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[-1]["entity_f1"] > 0.8, rounds[-1].get("entities")
     assert "round 3/3 | entity-F1" in proc.stdout + proc.stderr
     card = (run_dir / "MODEL_CARD.md").read_text()
     assert "Named-entity recognition" in card and "## Entities (seqeval" in card and "training sentences" in card
