@@ -96,9 +96,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("trim-fraction", float, 0.2, "trimmed-mean: share of updates cut at each end, per value.",
            minimum=0.0, maximum=0.49),
     Option("byzantine-sites", int, 1, "krum: how many sites may be malicious.", minimum=0, maximum=100_000),
-    Option("server-learning-rate", float, 1.0, "Server step: the global model moves by this times the "
-           "sites' mean update (with server-momentum, times the momentum buffer); 1 = plain FedAvg.",
-           minimum=1e-3, maximum=100.0),
+    Option("server-optimizer", str, "sgd", "How the server steps from the sites' mean update: 'sgd' "
+           "(FedAvg; FedAvgM with server-momentum), 'adam' (FedAdam) or 'yogi' (FedYogi), as in Reddi et "
+           "al. 2021. They read only the aggregate: secure aggregation and DP hold as they are.",
+           choices=("sgd", "adam", "yogi")),
+    Option("server-learning-rate", float, 1.0, "Server step: with sgd the global model moves by this times the "
+           "sites' mean update (with server-momentum, times the momentum buffer); 1 = plain FedAvg. With "
+           "adam or yogi it is the step per coordinate: give about 1e-2.", minimum=1e-4, maximum=100.0),
+    Option("server-tau", float, 1e-3, "Adam / Yogi on the server: the adaptivity tau added to sqrt(v) "
+           "(smaller = more adaptive).", minimum=1e-9, maximum=1.0),
     Option("server-momentum", float, 0.0, "Server momentum (FedAvgM): each round's step is the sites' mean "
            "update plus this times the previous step; 0 = plain FedAvg. It reads only the aggregate, so "
            "secure aggregation and the sites' DP guarantees hold as they are.", minimum=0.0, maximum=0.99),
@@ -200,7 +206,9 @@ class RunConfig:
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
     byzantine_sites: int = 1
+    server_optimizer: str = "sgd"
     server_learning_rate: float = 1.0
+    server_tau: float = 1e-3
     server_momentum: float = 0.0
     max_update_norm: float = 0.0
     sim_data: str = ""
@@ -259,6 +267,9 @@ class RunConfig:
         if values["secure_aggregation"] and values["aggregation"] != "fedavg":
             raise FedSiloError(f"aggregation {values['aggregation']}: robust rules need the single updates, "
                                "which secure aggregation hides; add --no-secure-aggregation")
+        if values["server_optimizer"] != "sgd" and values["server_momentum"]:
+            raise FedSiloError(f"server-momentum is for server-optimizer sgd: {values['server_optimizer']} keeps "
+                               "its own moments")
         if values["task"] == "ner":
             _check_ner(values)
         return cls(**values)

@@ -63,8 +63,8 @@ _RUN_KEYS = ("run-dir", "model", "task", "labels", "rounds", "min-sites", "local
              "learning-rate", "head-learning-rate", "head-init", "head-epsilon-share", "max-length", "trainable",
              "lora-r", "lora-targets", "eval-fraction",
              "seed", "text-column", "label-column", "secure-aggregation", "secagg-threshold", "secagg-neighbours",
-             "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "server-learning-rate",
-             "server-momentum", "max-update-norm", "max-fairness-gap")
+             "round-timeout", "aggregation", "trim-fraction", "byzantine-sites", "server-optimizer",
+             "server-learning-rate", "server-tau", "server-momentum", "max-update-norm", "max-fairness-gap")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,6 +136,10 @@ def fairness_sections(report: dict, labels: tuple[str, ...], max_gap: float) -> 
 
 def server_step(cfg: RunConfig) -> str:
     rule = "FedAvg (weighted mean)" if cfg.aggregation == "fedavg" else cfg.aggregation
+    if cfg.server_optimizer != "sgd":  # Reddi et al. 2021
+        name = {"adam": "FedAdam", "yogi": "FedYogi"}[cfg.server_optimizer]
+        return (f"{rule}, then a {name} server step (learning rate {cfg.server_learning_rate:g}, "
+                f"tau {cfg.server_tau:g})")
     if cfg.server_momentum:
         rule += f" with server momentum {cfg.server_momentum:g}"
     return rule + (f", server learning rate {cfg.server_learning_rate:g}" if cfg.server_learning_rate != 1.0 else "")

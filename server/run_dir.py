@@ -5,6 +5,7 @@
     metrics.jsonl          one JSON line per round (accuracy, macro-F1, per-site figures)
     rounds/round-NNNN.npz  global trainable weights after round N
     rounds/momentum-NNNN.npz  the server's momentum buffer after round N (server-momentum > 0)
+    rounds/adam-moments-NNNN.npz, yogi-moments-NNNN.npz  m then v of FedAdam / FedYogi after round N
     reports/round-NNNN.json / report.txt   per-class reports, whole federation and per site
     final-model/           the final global model (common.model.load_classifier loads it)
     state.json             checkpoint after every round: rounds done, strategy state (resume)
@@ -90,12 +91,6 @@ class RunDir:
         buf = io.BytesIO()
         np.savez(buf, *weights)
         atomic_write_bytes(self.path / "rounds" / f"{kind}-{server_round:04d}.npz", buf.getvalue())
-
-    def save_round_momentum(self, server_round: int, momentum: list[np.ndarray]) -> None:
-        self.save_round_weights(server_round, momentum, kind="momentum")
-
-    def load_round_momentum(self, server_round: int) -> list[np.ndarray]:
-        return self.load_round_weights(server_round, kind="momentum")
 
     def load_round_weights(self, server_round: int, kind: str = "round") -> list[np.ndarray]:
         path = self.path / "rounds" / f"{kind}-{server_round:04d}.npz"

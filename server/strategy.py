@@ -2,7 +2,7 @@
 
 Sites send `new - old` of the trainable tensors. FedAvg's weighted average of those deltas
 (or, under secure aggregation, the one already-summed result) is added to the global model,
-scaled by server-learning-rate and, with server-momentum, through a momentum buffer (FedAvgM).
+through the server's optimiser (server/server_optimizer.py: FedAvg, FedAvgM, FedAdam, FedYogi).
 Without secure aggregation every update is validated first (common/updates.py) and a robust
 rule from Flower (trimmed mean, median, Krum) may replace the mean.
 
@@ -36,6 +36,7 @@ from server.report import report_dict, round_line
 from server.head_init import release_shapes, with_solved_head
 from server.run_dir import RunDir
 from server.secure_aggregation import MAX_SITES_PER_ROUND
+from server.server_optimizer import ServerOptimizer
 from server.site_reports import (Malformed, claimed, evaluate_report, failure_text, fit_report, privacy_entry,
                                  resumed_privacy)
 
@@ -81,14 +82,14 @@ class FedSiloStrategy(FedAvg):
             self.site_privacy, dropped = resumed_privacy(resumed.get("site_privacy"))
             for what in dropped:
                 log(WARNING, "%s: %s", run_dir.state_path, what)
-        # FedAvgM's buffer: the last step (before server-learning-rate); saved with each round's weights
-        self.momentum: list[np.ndarray] | None = None
-        # (none yet when the last completed round released head statistics: it took no server step)
-        if resumed and cfg.server_momentum and self.completed_rounds and max(self.completed_rounds) != cfg.stats_round:
-            self.momentum = run_dir.load_round_momentum(max(self.completed_rounds))
-            if [m.shape for m in self.momentum] != self.shapes:
-                raise FedSiloError(f"cannot resume: {run_dir.path}/rounds/momentum-"
-                                   f"{max(self.completed_rounds):04d}.npz does not fit the model")
+        # The server's step and its buffers (FedAvgM's momentum, FedAdam's / FedYogi's moments),
+        # saved with each round's weights; none yet when the last round released head statistics.
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_learning_rate, cfg.server_momentum,
+                                         cfg.server_tau)
+        if resumed and self.optimizer.stateful and self.completed_rounds and max(self.completed_rounds) != cfg.stats_round:
+            last = max(self.completed_rounds)
+            self.optimizer.load(run_dir.load_round_weights(last, kind=self.optimizer.file_kind), self.shapes,
+                                f"{run_dir.path}/rounds/{self.optimizer.file_kind}-{last:04d}.npz")
 
     def site_name(self, proxy: ClientProxy, metrics: dict) -> str:
         """The name reports use for the node behind `proxy`. With enrolment (fl-server
@@ -230,10 +231,10 @@ class FedSiloStrategy(FedAvg):
                                                           [clean for _res, clean in sites.values()], self.head_prior)
             self.round_record["head_from_statistics"] = {"ridge": ridge}
         else:
-            step = self._server_step(deltas)
+            step = self.optimizer.step(deltas)
             self.global_weights = [w + d.astype(w.dtype) for w, d in zip(self.global_weights, step)]
-        if self.momentum is not None:  # before the weights: a resume needs both of a completed round
-            self.run_dir.save_round_momentum(server_round, self.momentum)
+        if self.optimizer.state():  # before the weights: a resume needs both of a completed round
+            self.run_dir.save_round_weights(server_round, self.optimizer.state(), kind=self.optimizer.file_kind)
         self.run_dir.save_round_weights(server_round, self.global_weights)
         self.completed_rounds.append(server_round)
         return ndarrays_to_parameters(pack(self.global_weights)), {}
@@ -314,20 +315,6 @@ class FedSiloStrategy(FedAvg):
         if rule == "trimmed-mean":
             return aggregate_trimmed_avg(updates, self.cfg.trim_fraction)
         return aggregate_krum(updates, self.cfg.byzantine_sites, 0)
-
-    def _server_step(self, deltas: list[np.ndarray]) -> list[np.ndarray]:
-        """What the global model moves by: server-learning-rate times the mean delta or, with
-        server-momentum (FedAvgM, Hsu et al. 2019), times momentum * previous step + mean delta.
-        Momentum averages the sites' independent DP noise over rounds while their common
-        direction adds up. It reads only the aggregate: post-processing of what SecAgg+ reveals."""
-        if self.cfg.server_momentum:
-            fresh = [d.astype(np.float32) for d in deltas]
-            self.momentum = fresh if self.momentum is None else [
-                self.cfg.server_momentum * m + d for m, d in zip(self.momentum, fresh)]
-            deltas = self.momentum
-        if self.cfg.server_learning_rate == 1.0:
-            return deltas
-        return [self.cfg.server_learning_rate * d for d in deltas]
 
     def _audit_round(self, server_round: int, record: dict) -> None:
         fit = record.get("fit", {})

@@ -210,7 +210,7 @@ def test_server_momentum_steps_and_resumes(tmp_path):
         s.aggregate_fit(1 if s is resumed else 3, [fit_result(1, deltas[2])], [])
     for got, want in zip(resumed.global_weights, strategy.global_weights):
         np.testing.assert_allclose(got, want, rtol=1e-6)
-    strategy.run_dir.save_round_momentum(3, [np.zeros((2, 2), np.float32)])
+    strategy.run_dir.save_round_weights(3, [np.zeros((2, 2), np.float32)], kind="momentum")
     with pytest.raises(FedSiloError, match="momentum-0003.npz does not fit the model"):
         FedSiloStrategy(strategy.cfg, strategy.run_dir, strategy.global_weights, strategy.audit,
                         {**state, "last_round": 3, "completed_rounds": [1, 2, 3]})
@@ -243,7 +243,7 @@ def test_server_momentum_works_under_secure_aggregation(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # ...which differs from plain FedAvg of the same means (so momentum really acted):
     assert not np.allclose(strategy.global_weights[0], 2.0 * (means[0][0] + means[1][0]), rtol=1e-3)
-    for got, want in zip(strategy.run_dir.load_round_momentum(2), buffer):  # saved for a resume
+    for got, want in zip(strategy.run_dir.load_round_weights(2, kind="momentum"), buffer):  # saved for a resume
         np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(FedSiloError, match="server-momentum"):
         RunConfig.from_dict({"labels": "a,b", "server-momentum": 1.0})
