@@ -35,13 +35,16 @@ def fairness_md(d: dict, plots: list[str]) -> list[str]:
 
 
 def ner_md(d: dict, plots: list[str]) -> list[str]:
-    """bench/ner.py: entity-level scores by arm, and each arm's distance to the centralised ceiling."""
+    """bench/ner.py: entity-level scores by arm (and recipe, on the dev file), each arm's distance to
+    the best centralised ceiling."""
     summary, setup = d["summary"], d["setup"]
-    md = [f"NCBI-disease, {setup['sites']} sites (IID), {setup['scored_sentences']} sentences scored "
-          f"({setup['data']}); ε = {setup['epsilon']:g} per site for the DP arm; entity F1 is seqeval's exact "
-          f"match; mean over {max((s['seeds'] for s in summary), default=0)} seed(s).", ""]
-    md += table(["arm", "seeds", "entity F1", "precision", "recall", "word accuracy", "points below the ceiling"],
-                [[s["arm"], s["seeds"], fmt(s["entity_f1"], 3), fmt(s["entity_precision"], 3),
-                  fmt(s["entity_recall"], 3), fmt(s["word_accuracy"], 3), fmt(s["points_below_ceiling"], 1)]
-                 for s in summary])
+    md = [f"NCBI-disease, {setup['sites']} sites (IID, or by document: a block of the file each), "
+          f"{setup['scored_sentences']} sentences scored ({setup['data']}); ε = {setup['epsilon']:g} per site "
+          f"for the DP arms; entity F1 is seqeval's exact match; mean over "
+          f"{max((s['seeds'] for s in summary), default=0)} seed(s); recipe: fl-sim options on top of the profile's.", ""]
+    md += table(["arm", "recipe", "seeds", "entity F1", "precision", "recall", "word accuracy", "wall s",
+                 "points below the ceiling"],
+                [[s["arm"], s.get("recipe", "the profile's"), s["seeds"], fmt(s["entity_f1"], 3),
+                  fmt(s["entity_precision"], 3), fmt(s["entity_recall"], 3), fmt(s["word_accuracy"], 3),
+                  fmt(s.get("wall_seconds"), 0), fmt(s["points_below_ceiling"], 1)] for s in summary])
     return md
