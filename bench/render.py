@@ -38,7 +38,7 @@ README = BENCH / "README.md"
 FULL = BENCH / "results" / "full"  # the profile whose results bench/README.md shows
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-ORDER = ["utility", "ner", "ner-dev", "fairness", "privacy_audit", "redaction", "small_sites", "private_head", "dp_tuning", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
+ORDER = ["utility", "ner", "ner-dev", "fairness", "privacy_audit", "redaction", "small_sites", "private_head", "dp_tuning", "server_optimizer", "dp_data_size", "head_features", "round_efficiency", "scale", "traffic", "dp_speed", "secagg_overhead"]
 
 SECTIONS = {  # result file stem -> (title, Markdown, plot)
     "utility": ("Utility on real data", utility_md, utility_png),

@@ -33,6 +33,7 @@ SUITE = {
     "private_head": ("quick", "full"),
     "small_sites": ("full",),  # quick: tests/test_dp_learning.py runs the same federation in the suite
     "dp_tuning": ("full",),
+    "server_optimizer": ("full",),  # quick: python bench/server_optimizer.py --profile quick
     "dp_data_size": ("full",),
     "scale": ("quick", "full"),
     "traffic": ("quick", "full"),
