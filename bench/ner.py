@@ -46,7 +46,7 @@ PROFILES = {
 # fl-sim options per arm on top of the profile, chosen on the dev file (quick profile, seed 42;
 # bench/results/quick/ner-dev.json): every weight trains without DP (LoRA's ceiling was 0.58 against
 # 0.73); ten epochs overfit the ceiling (0.67), while federation needs five rounds of two local epochs to
-# come within 2.2 points. Under DP no probe beat the profile's LoRA recipe (full training is refused).
+# come within 2.3 points. Under DP no probe beat the profile's LoRA recipe (full training is refused).
 FULL = ["--trainable", "full", "--learning-rate", "2e-4", "--head-learning-rate", "5e-3", "--batch-size", "16",
         "--local-epochs", "2"]
 RECIPES: dict[str, list[str]] = {"centralised": FULL, "federated": FULL + ["--rounds", "5"],

@@ -53,7 +53,7 @@ class ServerOptimizer:
             self.buffers = [m]
             return [self.lr * x for x in m]
         if not self.buffers:
-            self.buffers, self.t = [[np.zeros_like(d) for d in delta], [np.zeros_like(d) for d in delta]], 0
+            self.buffers = [[np.zeros_like(d) for d in delta], [np.zeros_like(d) for d in delta]]
         self.t += 1
         m = [BETA1 * a + (1 - BETA1) * d for a, d in zip(self.buffers[0], delta)]
         sq = [d * d for d in delta]
